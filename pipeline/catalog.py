@@ -1,0 +1,218 @@
+"""The one module that knows where artifacts live, and how to write them safely.
+
+Layout under the workdir (default ``data/``)::
+
+    raw/                 what the user brings (never written, except raw/demo/ by --demo)
+    cache/<stage>/...    content-addressed artifacts, each with a .json provenance file
+    runs/<experiment>/   submission, oof, metrics, report, fitted models
+
+Every write goes to a temporary file in the same folder and is then ``os.replace``-d into
+place, so a crash never leaves half a file under the final name.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+CODE_VERSION = "0.1.0"
+
+
+class Catalog:
+    """Paths of everything the pipeline reads and writes under one workdir."""
+
+    def __init__(self, workdir: str | Path):
+        self.workdir = Path(workdir)
+
+    @property
+    def raw_dir(self) -> Path:
+        return self.workdir / "raw"
+
+    @property
+    def demo_dir(self) -> Path:
+        return self.raw_dir / "demo"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.workdir / "cache"
+
+    def stage_cache(self, stage: str) -> Path:
+        """Cache folder of one stage (``cache/<stage>``), created on demand."""
+        path = self.cache_dir / stage
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.workdir / "runs"
+
+    def run_dir(self, experiment: str) -> Path:
+        """Output folder of one experiment (``runs/<experiment>``), created on demand."""
+        path = self.runs_dir / experiment
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+def slug(text: str, max_len: int = 40) -> str:
+    """File-name-safe short form of a model name or path ("sentence-transformers/x" -> "x")."""
+    base = text.rstrip("/").split("/")[-1] or "model"
+    safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in base)
+    return safe[:max_len]
+
+
+def hash_key(*parts: Any, length: int = 16) -> str:
+    """Stable hex key of JSON-serialisable parts (dict keys sorted)."""
+    blob = json.dumps(parts, sort_keys=True, default=str, ensure_ascii=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:length]
+
+
+def hash_texts(texts: "pd.Series | list[str]") -> list[str]:
+    """sha1 hex digest of each text (UTF-8); the content half of an embedding key."""
+    return [hashlib.sha1(t.encode("utf-8", "surrogatepass")).hexdigest() for t in texts]
+
+
+def frame_hash(df: pd.DataFrame) -> str:
+    """Content hash of a frame: columns, dtypes-insensitive values, row order included."""
+    h = hashlib.sha256()
+    h.update(json.dumps(list(map(str, df.columns))).encode())
+    hashed = pd.util.hash_pandas_object(
+        df.map(lambda v: json.dumps(v, ensure_ascii=True) if isinstance(v, (list, tuple)) else v)
+        if len(df) else df,
+        index=False,
+    )
+    h.update(hashed.to_numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it is renamed onto ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def write_parquet_atomic(path: str | Path, table: "pd.DataFrame | pa.Table") -> None:
+    """Write a frame or Arrow table to Parquet atomically (index dropped)."""
+    if isinstance(table, pd.DataFrame):
+        table = pa.Table.from_pandas(table, preserve_index=False)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+
+
+def write_csv_atomic(path: str | Path, df: pd.DataFrame) -> None:
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)
+
+
+def read_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def provenance_path(artifact: str | Path) -> Path:
+    """The JSON beside an artifact: ``x.parquet`` -> ``x.parquet.json``."""
+    artifact = Path(artifact)
+    return artifact.with_name(artifact.name + ".json")
+
+
+def write_provenance(artifact: str | Path, config: Any, rows: int | None = None, **extra: Any) -> None:
+    """Record what made an artifact: its config, the code version, row count, time."""
+    write_json_atomic(
+        provenance_path(artifact),
+        {
+            "artifact": Path(artifact).name,
+            "config": config,
+            "code_version": CODE_VERSION,
+            "rows": rows,
+            "written_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            **extra,
+        },
+    )
+
+
+def read_parquet_checked(path: str | Path, expected_rows: int | None = None,
+                         columns: list[str] | None = None) -> pd.DataFrame | None:
+    """Read a cached Parquet file; None (never an exception) if missing, corrupt or short.
+
+    A cache file that fails to parse, lacks a column or has the wrong row count is treated
+    as absent so the caller recomputes it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        df = pq.read_table(path).to_pandas()
+    except Exception:  # noqa: BLE001 - any read failure means "recompute"
+        return None
+    if expected_rows is not None and len(df) != expected_rows:
+        return None
+    if columns is not None and any(c not in df.columns for c in columns):
+        return None
+    return df
+
+
+@contextlib.contextmanager
+def file_lock(path: str | Path) -> Iterator[None]:
+    """Exclusive advisory lock (flock) on ``path``; blocks until it is free."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def cached(path: Path, compute: Callable[[], pd.DataFrame], config: Any,
+           force: bool = False, expected_rows: int | None = None) -> tuple[pd.DataFrame, bool]:
+    """Read ``path`` if valid, else compute, write atomically with provenance.
+
+    Returns: (frame, hit) where hit says whether it came from the cache.
+    """
+    if not force:
+        df = read_parquet_checked(path, expected_rows=expected_rows)
+        if df is not None:
+            return df, True
+    with file_lock(path.with_name(path.name + ".lock")):
+        if not force:
+            df = read_parquet_checked(path, expected_rows=expected_rows)
+            if df is not None:
+                return df, True
+        df = compute()
+        write_parquet_atomic(path, df)
+        write_provenance(path, config, rows=len(df))
+    return df, False

