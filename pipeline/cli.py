@@ -62,10 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s", datefmt="%H:%M:%S",
-        stream=sys.stderr, force=True)
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if getattr(h, "_prefstack", False)]:
+        root.removeHandler(handler)  # main() may run more than once in a process (tests)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+                                           datefmt="%H:%M:%S"))
+    handler._prefstack = True  # type: ignore[attr-defined]
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
     for noisy in ("httpx", "urllib3", "filelock", "huggingface_hub", "sentence_transformers",
                   "transformers", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -114,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         ctx = make_context(args)
         t_all = time.perf_counter()
+        if args.stage not in ("predict", "report"):
+            ctx.dataset  # validate the inputs before any stage starts writing
         for stage in stages_for(args.stage, ctx.config.finetune.in_all):
             t0 = time.perf_counter()
             log.info("== stage %s: %s", stage.name, stage.help)

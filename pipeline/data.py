@@ -25,6 +25,7 @@ import io
 import json
 import logging
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,8 +113,14 @@ def _read_csv(path: Path, what: str) -> pd.DataFrame:
     if "\x00" in text[:65536]:
         raise DataError(f"{path}: looks binary (NUL bytes), not a CSV file")
     try:
-        df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, na_values=[],
-                         quoting=csv.QUOTE_MINIMAL)
+        with warnings.catch_warnings():
+            # A row with more fields than the header would silently shift columns.
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, na_values=[],
+                             quoting=csv.QUOTE_MINIMAL, index_col=False)
+    except pd.errors.ParserWarning:
+        raise DataError(f"{path}: some row has more fields than the header: not a well-formed "
+                        "CSV (check quoting of text cells)") from None
     except pd.errors.ParserError as exc:
         raise DataError(f"{path}: not a readable CSV file ({exc}); expected Kaggle's "
                         "comma-separated format with a header row") from None

@@ -1,0 +1,46 @@
+"""The command line: help, clear errors without tracebacks, nothing written on bad input."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from pipeline.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_help_explains_every_flag():
+    out = subprocess.run([sys.executable, "run_pipeline.py", "--help"], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout
+    for flag in ("--stage", "--config", "--train", "--test", "--workdir", "--demo", "--force",
+                 "--device", "--run", "--out", "--folds", "--max-rows"):
+        assert flag in out
+
+
+def test_missing_train_file_says_what_to_do(tmp_path, caplog):
+    code = main(["--stage", "features", "--workdir", str(tmp_path)])
+    assert code == 2
+    assert "raw/train.csv does not exist" in caplog.text and "--demo" in caplog.text
+    assert not (tmp_path / "runs").exists()  # nothing written
+
+
+def test_bad_config_is_a_clean_error(tmp_path, caplog):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("stack:\n  nfolds: 2\n")
+    assert main(["--config", str(cfg), "--workdir", str(tmp_path)]) == 2
+    assert "unknown key 'nfolds'" in caplog.text
+
+
+def test_bad_input_leaves_no_artifacts(tmp_path, caplog):
+    train = tmp_path / "train.csv"
+    train.write_text("id,prompt,response_a,response_b,winner_model_a,winner_model_b,winner_tie\n"
+                     '1,"[""q""]","[""a""]","[""b""]",1,1,0\n')
+    test = tmp_path / "test.csv"
+    test.write_text('id,prompt,response_a,response_b\n9,"[""q""]","[""a""]","[""b""]"\n')
+    work = tmp_path / "work"
+    assert main(["--stage", "embed", "--train", str(train), "--test", str(test),
+                 "--workdir", str(work)]) == 2
+    assert "exactly one 1" in caplog.text
+    written = [p for p in work.rglob("*") if p.is_file()] if work.exists() else []
+    assert written == []
