@@ -1,0 +1,95 @@
+"""Catalog: atomic writes, checked cache reads, locks, keys."""
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+
+import pandas as pd
+import pytest
+
+from pipeline.catalog import (atomic_path, cached, file_lock, frame_hash, hash_key,
+                              provenance_path, read_json, read_parquet_checked,
+                              write_parquet_atomic)
+
+
+def test_atomic_path_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "out.parquet"
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("crash mid-write")
+    assert not target.exists()
+    assert list(tmp_path.iterdir()) == []  # no temp file left behind
+
+
+def test_atomic_path_replaces_the_old_file_only_when_done(tmp_path):
+    target = tmp_path / "x.txt"
+    target.write_text("old")
+    with atomic_path(target) as tmp:
+        tmp.write_text("new")
+        assert target.read_text() == "old"
+    assert target.read_text() == "new"
+
+
+def test_read_parquet_checked_rejects_corrupt_truncated_and_short(tmp_path):
+    path = tmp_path / "a.parquet"
+    write_parquet_atomic(path, pd.DataFrame({"x": range(10)}))
+    assert len(read_parquet_checked(path, expected_rows=10)) == 10
+    assert read_parquet_checked(path, expected_rows=11) is None
+    assert read_parquet_checked(path, columns=["y"]) is None
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # truncated
+    assert read_parquet_checked(path) is None
+    path.write_bytes(b"garbage" * 10)
+    assert read_parquet_checked(path) is None
+    assert read_parquet_checked(tmp_path / "missing.parquet") is None
+
+
+def test_cached_computes_once_and_recomputes_a_corrupt_file(tmp_path):
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return pd.DataFrame({"x": [1, 2, 3]})
+
+    path = tmp_path / "c.parquet"
+    df, hit = cached(path, compute, config={"k": 1})
+    assert not hit and len(calls) == 1
+    assert read_json(provenance_path(path))["rows"] == 3
+    df, hit = cached(path, compute, config={"k": 1})
+    assert hit and len(calls) == 1
+    path.write_bytes(b"corrupt")
+    df, hit = cached(path, compute, config={"k": 1})
+    assert not hit and len(calls) == 2 and df["x"].tolist() == [1, 2, 3]
+    df, hit = cached(path, compute, config={"k": 1}, force=True)
+    assert not hit and len(calls) == 3
+
+
+def test_hash_key_is_stable_and_sensitive():
+    assert hash_key("a", {"x": 1, "y": 2}) == hash_key("a", {"y": 2, "x": 1})
+    assert hash_key("a", 1) != hash_key("a", 2)
+
+
+def test_frame_hash_changes_with_content_only():
+    a = pd.DataFrame({"id": ["1", "2"], "prompt": [["q"], ["r"]]})
+    b = pd.DataFrame({"id": ["1", "2"], "prompt": [["q"], ["r"]]})
+    c = pd.DataFrame({"id": ["1", "2"], "prompt": [["q"], ["R"]]})
+    assert frame_hash(a) == frame_hash(b) != frame_hash(c)
+
+
+def _hold_lock(path, queue):
+    with file_lock(path):
+        queue.put(os.getpid())
+        queue.put("released")
+
+
+def test_file_lock_excludes_other_processes(tmp_path):
+    lock = tmp_path / "x.lock"
+    queue = mp.get_context("fork").Queue()
+    with file_lock(lock):
+        proc = mp.get_context("fork").Process(target=_hold_lock, args=(lock, queue))
+        proc.start()
+        proc.join(0.5)
+        assert proc.is_alive() and queue.empty()  # blocked while we hold it
+    proc.join(5)
+    assert queue.get(timeout=5) == proc.pid
