@@ -38,9 +38,12 @@ class EmbedConfig:
     max_seq_length: int | None = None
     # L2-normalise vectors (cosines become dot products).
     normalize: bool = True
-    # Texts longer than max_seq_length: "truncate" (keep the start), "head_tail" (keep the
-    # first and last characters of a char budget), or "chunk_mean" (average the chunks).
+    # Texts longer than max_seq_length tokens: "truncate" (keep the first tokens),
+    # "head_tail" (keep the first and last tokens of the budget), or "chunk_mean" (embed
+    # windows of max_seq_length tokens and average them). See pipeline/embed.py.
     long_text: str = "truncate"
+    # head_tail only: share of the token budget kept from the start (the rest from the end).
+    head_share: float = 0.5
     # Separator between turns of a multi-turn conversation before embedding.
     turn_sep: str = "\n\n"
     # Characters kept per text before tokenisation (a cheap guard against 1 MB cells).
