@@ -83,12 +83,17 @@ class StackConfig:
     num_boost_round: int = 1000
     # Choose the round count on an inner split of the training rows (never the val fold).
     early_stopping: bool = True
+    # Stop after this many rounds without improvement of the inner split's log loss.
+    early_stopping_rounds: int = 50
     # Fraction of training groups held out as the inner early-stopping split.
     inner_valid_fraction: float = 0.15
     # LightGBM parameters merged over the defaults in pipeline.stack.
     lgbm_params: dict = field(default_factory=dict)
-    # LightGBM members: name -> list of feature groups it sees ("all" = every group).
+    # LightGBM members: name -> list of feature groups it sees ("all" = every group), or
+    # {groups: [...], params: {...}} with LightGBM params of that member only.
     members: dict = field(default_factory=lambda: {"lgbm_all": ["all"]})
+    # Blend in the fine-tuned transformer's out-of-fold logits when they exist.
+    use_finetune: bool = True
     # Fit a temperature on the blended probabilities (nested like the weights).
     temperature: bool = True
     # Probabilities are clipped to [eps, 1 - eps] and renormalised.
@@ -101,39 +106,58 @@ class FinetuneConfig:
     model: str = DEFAULT_MODEL
     # "auto" (the model's own classification head), "mean" (mean pooling + linear), "cnn".
     head: str = "mean"
+    # Dropout of the mean / cnn heads (cnn: also its spatial dropout over channels).
+    dropout: float = 0.1
+    # Channels of the cnn head's convolutions and of its hidden fully connected layer.
+    cnn_channels: int = 256
     # Total tokens per (prompt, A, B) sequence.
     max_length: int = 256
     # Share of the token budget given to the prompt; the rest is split between A and B.
     prompt_share: float = 0.2
     # Of a truncated text, the share of its budget kept from the start (rest from the end).
     head_share: float = 0.7
+    # Passes over the training rows (fractions allowed: 0.5 = half an epoch).
     epochs: float = 1.0
+    # AdamW learning rate of the backbone (LoRA: of the adapters).
     lr: float = 5e-5
+    # Learning rate of the new, randomly initialised head; None = lr.
+    head_lr: float | None = None
     weight_decay: float = 0.01
+    # Pairs per micro-batch; with swap_augment the batch holds twice as many sequences.
     batch_size: int = 8
+    # Micro-batches per optimiser step.
     grad_accum: int = 1
+    # Share of the optimiser steps spent warming the learning rate up from 0.
     warmup_ratio: float = 0.1
     # "linear" or "cosine" decay after warmup.
     schedule: str = "linear"
+    # Gradient norm clip (0 = off).
     max_grad_norm: float = 1.0
-    # "auto" = bf16 on a GPU that supports it, fp32 on the CPU; or "fp32", "bf16", "fp16".
+    # "auto" = bf16 on a GPU that supports it (else fp16), fp32 on the CPU; or "fp32",
+    # "bf16", "fp16" (GPU only).
     precision: str = "auto"
+    # Recompute activations in the backward pass (less GPU memory, slower).
     gradient_checkpointing: bool = False
+    # One model per seed and fold; their logits are averaged.
     seeds: tuple[int, ...] = (0,)
     # LoRA adapters through peft instead of full fine-tuning.
     lora: bool = False
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
+    # LoRA target module names; None = peft's default for the architecture, else all linear.
+    lora_target_modules: tuple[str, ...] | None = None
     # Both orders of each pair in the same optimiser step.
     swap_augment: bool = True
+    # Predict both orders and average (the swapped logits mapped back).
     swap_tta: bool = True
-    # Train only these folds (None = all).
+    # Train only these folds (None = all); finished folds are kept and never retrained.
     folds: tuple[int, ...] | None = None
     # Use only the first N training rows (quick runs); None = all.
     max_rows: int | None = None
     # Run the stage as part of --stage all.
     in_all: bool = False
+    # Sequences per inference batch; never part of a cache key.
     eval_batch_size: int = 32
 
 

@@ -1,0 +1,205 @@
+"""Human-readable outputs: one run's report.md with plots, and the table of all runs."""
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline.catalog import atomic_path, read_json, write_text_atomic
+
+log = logging.getLogger(__name__)
+CLASSES = ("a", "b", "tie")
+
+
+def _fmt(v, nd: int = 4) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{nd}f}"
+    return str(v)
+
+
+def _savefig(fig, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+
+
+def calibration_table(y: np.ndarray, proba: np.ndarray, n_bins: int = 10) -> pd.DataFrame:
+    """Reliability of each class's probability in equal-width bins.
+
+    Returns: DataFrame [cls, bin_mid, mean_pred, observed, count] (empty bins dropped).
+    """
+    rows = []
+    edges = np.linspace(0, 1, n_bins + 1)
+    for c, name in enumerate(CLASSES):
+        p = proba[:, c]
+        hit = (np.asarray(y) == c).astype(float)
+        which = np.clip(np.digitize(p, edges) - 1, 0, n_bins - 1)
+        for b in range(n_bins):
+            sel = which == b
+            if sel.any():
+                rows.append({"cls": name, "bin_mid": (edges[b] + edges[b + 1]) / 2,
+                             "mean_pred": float(p[sel].mean()), "observed": float(hit[sel].mean()),
+                             "count": int(sel.sum())})
+    return pd.DataFrame(rows)
+
+
+def confusion(y: np.ndarray, proba: np.ndarray) -> np.ndarray:
+    """int [3, 3]: rows = true class, columns = most probable class."""
+    out = np.zeros((3, 3), dtype=int)
+    np.add.at(out, (np.asarray(y), np.argmax(proba, axis=1)), 1)
+    return out
+
+
+def _plots(run_dir: Path, metrics: dict, y: np.ndarray, proba: np.ndarray,
+           importances: dict[str, pd.Series]) -> dict[str, str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = {}
+    cal = calibration_table(y, proba)
+    fig, axes = plt.subplots(1, 3, figsize=(12, 4), sharey=True)
+    for ax, name in zip(axes, CLASSES):
+        part = cal[cal["cls"] == name] if len(cal) else cal
+        ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect")
+        if len(part):
+            ax.plot(part["mean_pred"], part["observed"], marker="o", label="OOF blend")
+            for _, r in part.iterrows():
+                ax.annotate(str(r["count"]), (r["mean_pred"], r["observed"]), fontsize=7,
+                            textcoords="offset points", xytext=(3, -9))
+        ax.set_title(f"class {name}")
+        ax.set_xlabel("predicted probability")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+    axes[0].set_ylabel("observed frequency")
+    axes[0].legend(loc="upper left", fontsize=8)
+    fig.suptitle("Calibration of the nested OOF blend (numbers: rows per bin)")
+    _savefig(fig, run_dir / "calibration.png")
+    plt.close(fig)
+    files["calibration"] = "calibration.png"
+
+    cm = confusion(y, proba)
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    ax.imshow(cm, cmap="Blues")
+    for i in range(3):
+        for j in range(3):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center",
+                    color="white" if cm[i, j] > cm.max() / 2 else "black")
+    ax.set_xticks(range(3), CLASSES)
+    ax.set_yticks(range(3), CLASSES)
+    ax.set_xlabel("predicted (argmax)")
+    ax.set_ylabel("true")
+    ax.set_title("Confusion matrix (OOF blend)")
+    _savefig(fig, run_dir / "confusion.png")
+    plt.close(fig)
+    files["confusion"] = "confusion.png"
+
+    if importances:
+        name, imp = max(importances.items(), key=lambda kv: len(kv[1]))
+        top = imp.head(25)[::-1]
+        if len(top):
+            fig, ax = plt.subplots(figsize=(7, 0.28 * len(top) + 1.2))
+            ax.barh(range(len(top)), top.to_numpy())
+            ax.set_yticks(range(len(top)), top.index, fontsize=8)
+            ax.set_xlabel("total gain (all folds and seeds)")
+            ax.set_title(f"Top feature importances: {name}")
+            _savefig(fig, run_dir / "importance.png")
+            plt.close(fig)
+            files["importance"] = "importance.png"
+
+    weights = metrics.get("blend_weights", {})
+    if weights:
+        fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(weights) + 2), 3))
+        ax.bar(list(weights), list(weights.values()))
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("weight")
+        ax.set_title(f"Blend weights (temperature {metrics.get('blend_temperature', 1):.3f})")
+        for i, v in enumerate(weights.values()):
+            ax.text(i, v + 0.02, f"{v:.2f}", ha="center")
+        _savefig(fig, run_dir / "blend_weights.png")
+        plt.close(fig)
+        files["weights"] = "blend_weights.png"
+    return files
+
+
+def write_run_report(run_dir: str | Path, metrics: dict, y: np.ndarray, proba: np.ndarray,
+                     importances: dict[str, pd.Series]) -> Path:
+    """Write ``report.md`` and its PNG plots into ``run_dir``; returns the report's path.
+
+    ``y`` [n] labels and ``proba`` [n, 3] the nested OOF blend; ``importances`` maps a
+    member to its gain per feature (sorted descending).
+    """
+    run_dir = Path(run_dir)
+    files = _plots(run_dir, metrics, y, proba, importances)
+    lines = [f"# Run report: {metrics.get('experiment', run_dir.name)}", "",
+             f"{metrics.get('rows')} training rows, {metrics.get('n_folds')} folds (grouped by "
+             f"prompt), {metrics.get('n_features')} features, {metrics.get('test_rows')} test rows; "
+             f"written {metrics.get('date')}.", "",
+             "## Scores (out-of-fold)", "",
+             "| model | log loss | accuracy |", "|---|---|---|",
+             f"| **blend (nested: weights fitted without the scored fold)** | "
+             f"**{_fmt(metrics['oof_log_loss'])}** | **{_fmt(metrics['oof_accuracy'], 3)}** |",
+             f"| blend, in-sample weights (optimistic, for reference) | "
+             f"{_fmt(metrics['oof_log_loss_in_sample_blend'])} | - |"]
+    for name, m in metrics.get("members", {}).items():
+        lines.append(f"| member {name} | {_fmt(m['oof_log_loss'])} | {_fmt(m['oof_accuracy'], 3)} |")
+    lines.append(f"| class prior (fitted on training folds) | {_fmt(metrics['prior_log_loss'])} | "
+                 f"{_fmt(metrics['prior_accuracy'], 3)} |")
+    lines += ["", "Per-class log loss of the blend (mean over rows of that true class): " +
+              ", ".join(f"{c} {_fmt(v)}" for c, v in metrics.get("per_class_log_loss", {}).items()),
+              "", "Per-fold blend log loss: " +
+              ", ".join(f"fold {k} {_fmt(v)}" for k, v in metrics.get("oof_log_loss_per_fold", {}).items()),
+              "", "## Blend", "",
+              "Weights (fitted on all OOF rows, used for the test set): " +
+              ", ".join(f"{n} {w:.3f}" for n, w in metrics.get("blend_weights", {}).items()) +
+              f"; temperature {metrics.get('blend_temperature', 1.0):.3f}.", ""]
+    if "weights" in files:
+        lines += [f"![blend weights]({files['weights']})", ""]
+    lines += ["## Calibration", "", f"![calibration]({files['calibration']})", "",
+              "## Confusion matrix", "", f"![confusion]({files['confusion']})", ""]
+    if "importance" in files:
+        lines += ["## Feature importance", "", f"![importance]({files['importance']})", ""]
+    timing = metrics.get("timing", {})
+    if timing:
+        lines += ["## Timing", "", ", ".join(f"{k} {v}" for k, v in timing.items()), ""]
+    path = run_dir / "report.md"
+    write_text_atomic(path, "\n".join(lines))
+    return path
+
+
+def experiments_table(runs_dir: str | Path) -> str:
+    """Markdown table of every ``runs/*/metrics.json`` side by side (sorted by log loss)."""
+    rows = []
+    for path in sorted(Path(runs_dir).glob("*/metrics.json")):
+        try:
+            m = read_json(path)
+        except (OSError, ValueError) as exc:
+            log.warning("report: skipping unreadable %s (%s)", path, exc)
+            continue
+        rows.append(m | {"_dir": path.parent.name})
+    header = ["| experiment | rows | folds | members | OOF log loss (nested blend) | accuracy | "
+              "class prior | date |", "|---|---|---|---|---|---|---|---|"]
+    if not rows:
+        return "\n".join(header + ["| (no runs yet: run --stage stack) | | | | | | | |"]) + "\n"
+    rows.sort(key=lambda m: m.get("oof_log_loss", float("inf")))
+    body = []
+    for m in rows:
+        members = ", ".join(f"{n} ({w:.2f})" for n, w in m.get("blend_weights", {}).items())
+        body.append(f"| {m['_dir']} | {m.get('rows', '-')} | {m.get('n_folds', '-')} | {members} | "
+                    f"{_fmt(m.get('oof_log_loss'))} | {_fmt(m.get('oof_accuracy'), 3)} | "
+                    f"{_fmt(m.get('prior_log_loss'))} | {m.get('date', '-')} |")
+    return "\n".join(header + body) + "\n"
+
+
+def run_experiments_table(ctx) -> None:
+    """--stage report: write runs/experiments.md and print it."""
+    runs_dir = ctx.catalog.runs_dir
+    text = "# Experiments\n\nMembers are shown with their blend weight.\n\n" + experiments_table(runs_dir)
+    write_text_atomic(runs_dir / "experiments.md", text)
+    print(text)
+    log.info("report: wrote %s", runs_dir / "experiments.md")

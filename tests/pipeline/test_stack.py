@@ -1,0 +1,335 @@
+"""Stack invariants on synthetic features: OOF coverage, no leakage, swap symmetry, caching."""
+from __future__ import annotations
+
+import json
+import sys
+import types
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import pipeline.stack as S
+from pipeline.catalog import Catalog
+from pipeline.config import Config, apply_overrides
+from pipeline.context import RunContext
+from pipeline.data import swap_proba
+from tests.conftest import make_rows
+
+FAST = {"min_data_in_leaf": 3, "num_leaves": 7, "learning_rate": 0.2, "num_threads": 1}
+
+
+# ---------------------------------------------------------------- synthetic features
+
+def synth_features(n: int, seed: int = 0, ties: bool = True) -> tuple[pd.DataFrame, np.ndarray]:
+    """Arena-like features named <group>__<role>_<feature>, labels driven by the diffs."""
+    rng = np.random.default_rng(seed)
+    la, lb = rng.gamma(2.0, 200.0, n), rng.gamma(2.0, 200.0, n)
+    sa, sb = rng.poisson(3, n).astype(float), rng.poisson(3, n).astype(float)
+    df = pd.DataFrame({
+        "id": [f"r{i}" for i in range(n)],
+        "length__a_chars": la, "length__b_chars": lb, "length__diff_chars": la - lb,
+        "length__sum_chars": la + lb,
+        "structure__a_lines": sa, "structure__b_lines": sb, "structure__lr_lines": sa - sb,
+        "overlap__p_prompt_len": rng.gamma(2.0, 50.0, n),
+    }).astype({c: np.float32 for c in ["length__a_chars", "length__b_chars", "length__diff_chars",
+                                       "length__sum_chars", "structure__a_lines", "structure__b_lines",
+                                       "structure__lr_lines", "overlap__p_prompt_len"]})
+    score = (la - lb) / 200 + 0.5 * (sa - sb) + rng.normal(0, 0.7, n)
+    y = np.where(score > 0, 0, 1)
+    if ties:
+        y = np.where(np.abs(score) < 0.35, 2, y)
+    return df, y.astype(np.int64)
+
+
+def synth_swap(df: pd.DataFrame) -> pd.DataFrame:
+    """The feature contract's swap: a <-> b exchange, diff / lr negate, others unchanged."""
+    out = df.copy()
+    for col in df.columns:
+        if col == "id":
+            continue
+        group, rest = col.split("__", 1)
+        role, feat = rest.split("_", 1)
+        if role == "a":
+            out[col] = df[f"{group}__b_{feat}"]
+        elif role == "b":
+            out[col] = df[f"{group}__a_{feat}"]
+        elif role in ("diff", "lr"):
+            out[col] = -df[col]
+    return out
+
+
+def _arrays(df):
+    cols = [c for c in df.columns if c != "id"]
+    return df[cols].to_numpy(np.float32), synth_swap(df)[cols].to_numpy(np.float32), cols
+
+
+def _cross_fit(n=120, seed=0, ties=True, seeds=(0,), n_folds=4, **kw):
+    df, y = synth_features(n, seed, ties)
+    test_df, _ = synth_features(30, seed + 100, ties)
+    X, Xs, cols = _arrays(df)
+    Xt, Xts, _ = _arrays(test_df)
+    ids = df["id"].to_numpy()
+    folds = np.arange(n) % n_folds
+    groups = np.arange(n) // 2  # pairs of rows share a prompt
+    fit = S.cross_fit_member(X, Xs, y, ids, folds, groups, Xt, Xts, cols,
+                             lgbm_overrides=FAST, seeds=seeds, num_boost_round=60,
+                             early_stopping_rounds=10, **kw)
+    return fit, dict(df=df, y=y, X=X, Xs=Xs, Xt=Xt, Xts=Xts, ids=ids, folds=folds,
+                     groups=groups, cols=cols)
+
+
+# ---------------------------------------------------------------- pure cross-fitting
+
+def test_oof_covers_every_row_and_sums_to_one():
+    fit, d = _cross_fit()
+    assert fit.oof.shape == (len(d["y"]), 3)
+    assert np.allclose(fit.oof.sum(axis=1), 1)
+    assert (fit.oof > 0).all()
+    assert set(fit.models) == {(k, 0) for k in range(4)}
+    assert np.allclose(fit.test.sum(axis=1), 1)
+    # It learned something: better than the uniform 1.0986.
+    from pipeline.blend import log_loss
+    assert log_loss(d["y"], fit.oof) < 1.0
+
+
+def test_no_validation_row_ever_reaches_a_fit(monkeypatch):
+    calls = []
+    real = S.train_booster
+
+    def recording(params, X, y, ids, Xv, yv, idsv, *args, **kw):
+        calls.append((set(ids), set(idsv) if idsv is not None else set(), len(ids)))
+        return real(params, X, y, ids, Xv, yv, idsv, *args, **kw)
+
+    monkeypatch.setattr(S, "train_booster", recording)
+    seeds = (0, 1)
+    fit, d = _cross_fit(seeds=seeds)
+    fold_of = dict(zip(d["ids"], d["folds"]))
+    group_of = dict(zip(d["ids"], d["groups"]))
+    assert len(calls) == 4 * len(seeds)
+    for i, (train_ids, valid_ids, n_rows) in enumerate(calls):
+        k = i // len(seeds)
+        held = {r for r, f in fold_of.items() if f == k}
+        assert not (train_ids & held), f"fold {k}: validation rows in the training data"
+        assert not (valid_ids & held), f"fold {k}: validation rows in the early-stopping data"
+        assert valid_ids, "early stopping should use an inner split"
+        # Inner split grouped by prompt: no group on both sides.
+        assert not ({group_of[r] for r in train_ids} & {group_of[r] for r in valid_ids})
+        # Swap augmentation: every training row appears twice (both orders).
+        assert n_rows == 2 * len(train_ids)
+        assert train_ids | valid_ids == set(d["ids"]) - held
+
+
+def test_without_early_stopping_fit_uses_all_training_rows(monkeypatch):
+    calls = []
+    real = S.train_booster
+    monkeypatch.setattr(S, "train_booster", lambda p, X, y, ids, Xv, yv, idsv, *a, **k: (
+        calls.append((set(ids), idsv)) or real(p, X, y, ids, Xv, yv, idsv, *a, **k)))
+    _, d = _cross_fit(early_stopping=False, swap_augment=False)
+    for k, (train_ids, valid) in enumerate(calls):
+        assert valid is None
+        assert train_ids == set(d["ids"][d["folds"] != k])
+
+
+def test_swap_tta_prediction_is_symmetric():
+    fit, d = _cross_fit()
+    booster = __import__("lightgbm").Booster(model_str=fit.models[(0, 0)])
+    p = S.predict_tta(booster, d["Xt"], d["Xts"])
+    p_swapped = S.predict_tta(booster, d["Xts"], d["Xt"])
+    assert np.allclose(p, swap_proba(p_swapped), atol=1e-9)
+    # The member's averaged test predictions are symmetric too.
+    df, y = synth_features(120, 0)
+    X, Xs, cols = _arrays(df)
+    both = S.cross_fit_member(X, Xs, y, df["id"].to_numpy(), np.arange(120) % 4, np.arange(120) // 2,
+                              np.concatenate([d["Xt"], d["Xts"]]), np.concatenate([d["Xts"], d["Xt"]]),
+                              cols, lgbm_overrides=FAST, num_boost_round=60, early_stopping_rounds=10)
+    m = len(d["Xt"])
+    assert np.allclose(both.test[:m], swap_proba(both.test[m:]), atol=1e-9)
+
+
+def test_no_tie_training_set_still_gives_three_columns():
+    fit, d = _cross_fit(ties=False)
+    assert not (d["y"] == 2).any()
+    for p in (fit.oof, fit.test):
+        assert p.shape[1] == 3
+        assert np.allclose(p.sum(axis=1), 1)
+        assert (p[:, 2] < 1e-3).all()
+
+
+def test_select_columns_by_group():
+    cols = ["id", "length__a_chars", "structure__a_lines", "embedding__diff_0"]
+    assert S.select_columns(cols, ["all"]) == cols[1:]
+    assert S.select_columns(cols, ["length", "structure"]) == cols[1:3]
+    with pytest.raises(ValueError, match="unknown feature group"):
+        S.select_columns(cols, ["lenght"])
+
+
+def test_member_spec_forms():
+    assert S.member_spec("m", ["length"]) == (["length"], {})
+    assert S.member_spec("m", {"groups": ["all"], "params": {"num_leaves": 7}}) == (["all"], {"num_leaves": 7})
+    with pytest.raises(ValueError, match="stack.members.m"):
+        S.member_spec("m", {"group": ["all"]})
+
+
+def test_lgbm_params_refuse_other_objectives():
+    assert S.lgbm_params({"num_leaves": 5}, 3)["seed"] == 3
+    with pytest.raises(ValueError, match="objective"):
+        S.lgbm_params({"objective": "binary"}, 0)
+
+
+# ---------------------------------------------------------------- the stage, with fake features
+
+def _fake_feature_modules(monkeypatch, finetune: bool = False):
+    """Stand-ins for pipeline.featurize / features.swap (and pipeline.finetune) per the contracts."""
+
+    def feats_of(frame: pd.DataFrame) -> pd.DataFrame:
+        la = np.array([sum(map(len, t)) for t in frame["response_a"]], dtype=np.float32)
+        lb = np.array([sum(map(len, t)) for t in frame["response_b"]], dtype=np.float32)
+        lp = np.array([sum(map(len, t)) for t in frame["prompt"]], dtype=np.float32)
+        return pd.DataFrame({"id": frame["id"].astype(str), "length__a_chars": la,
+                             "length__b_chars": lb, "length__diff_chars": la - lb,
+                             "structure__p_prompt": lp})
+
+    featurize = types.ModuleType("pipeline.featurize")
+    featurize.load_features = lambda ctx, groups=None: (feats_of(ctx.dataset.train),
+                                                        feats_of(ctx.dataset.test))
+    featurize.features_for = lambda ctx, frame: feats_of(frame)
+    swap = types.ModuleType("features.swap")
+    swap.swap_features = synth_swap
+    swap.column_group = lambda col: col.split("__", 1)[0]
+    monkeypatch.setitem(sys.modules, "pipeline.featurize", featurize)
+    monkeypatch.setitem(sys.modules, "features.swap", swap)
+    ft = types.ModuleType("pipeline.finetune")
+    if finetune:
+        def logits_of(frame, labels=None):
+            rng = np.random.default_rng(0)
+            z = rng.normal(size=(len(frame), 3))
+            if labels is not None:
+                z[np.arange(len(frame)), labels] += 2.0  # an informative member
+            return z
+
+        def member_for(ctx):
+            tr, te = ctx.dataset.train, ctx.dataset.test
+            from pipeline.folds import load_or_make_folds
+            folds = load_or_make_folds(ctx.catalog, tr, ctx.config.stack.n_folds, ctx.config.stack.fold_seed)
+            z = logits_of(tr, tr["label"].to_numpy())
+            zt = logits_of(te)
+            oof = pd.DataFrame({"id": tr["id"], "fold": folds["fold"], "logit_a": z[:, 0],
+                                "logit_b": z[:, 1], "logit_tie": z[:, 2]})
+            test = pd.DataFrame({"id": te["id"], "logit_a": zt[:, 0], "logit_b": zt[:, 1],
+                                 "logit_tie": zt[:, 2]})
+            return types.SimpleNamespace(name="ft_fake", oof=oof, test=test, model_dir="/nowhere")
+
+        ft.member_for = member_for
+        ft.predict_logits = lambda model_dir, frame, ctx: logits_of(frame)
+    else:
+        ft.member_for = lambda ctx: None
+    monkeypatch.setitem(sys.modules, "pipeline.finetune", ft)
+
+
+def _ctx(tmp_path, name="t", stack=None, n_train=40, **kw):
+    train, test = tmp_path / "train.csv", tmp_path / "test.csv"
+    if not train.exists():
+        make_rows(n_train).to_csv(train, index=False)
+    if not test.exists():
+        make_rows(7, with_labels=False, start_id=500).to_csv(test, index=False)
+    stack = {"n_folds": 4, "lgbm_params": FAST, "num_boost_round": 40,
+             "early_stopping_rounds": 10, **(stack or {})}
+    cfg = apply_overrides(Config(), {"name": name, "stack": stack})
+    return RunContext(config=cfg, catalog=Catalog(tmp_path / "work"), train_path=train,
+                      test_path=test, **kw)
+
+
+def test_stage_writes_valid_outputs_and_reuses_cache(tmp_path, monkeypatch):
+    _fake_feature_modules(monkeypatch)
+    members = {"lgbm_all": ["all"], "lgbm_len": ["length"]}
+    ctx = _ctx(tmp_path, stack={"members": members})
+    S.run_stage(ctx)
+    run = ctx.run_dir
+    sub = pd.read_csv(run / "submission.csv", dtype={"id": str})
+    assert list(sub["id"]) == [str(i) for i in range(500, 507)]
+    assert np.allclose(sub.iloc[:, 1:].sum(axis=1), 1)
+    oof = pd.read_parquet(run / "oof.parquet")
+    assert sorted(oof["id"]) == sorted(str(i) for i in range(40)) and oof["id"].is_unique
+    metrics = json.loads((run / "metrics.json").read_text())
+    for key in ("oof_log_loss", "oof_accuracy", "members", "per_class_log_loss", "blend_weights",
+                "prior_log_loss", "config", "timing", "oof_log_loss_in_sample_blend"):
+        assert key in metrics
+    assert set(metrics["members"]) == set(members)
+    assert metrics["cache_hits"] == {"lgbm_all": False, "lgbm_len": False}
+    manifest = json.loads((run / "models" / "manifest.json").read_text())
+    assert len(manifest["members"]["lgbm_all"]["boosters"]) == 4
+    for png in ("calibration.png", "confusion.png", "importance.png", "blend_weights.png"):
+        assert (run / png).stat().st_size > 1000
+    assert "nested" in (run / "report.md").read_text()
+
+    # Same config again: every member from the cache, nothing trained.
+    monkeypatch.setattr(S, "train_booster", lambda *a, **k: pytest.fail("cache miss"))
+    S.run_stage(_ctx(tmp_path, stack={"members": members}))
+    assert json.loads((run / "metrics.json").read_text())["cache_hits"] == {"lgbm_all": True, "lgbm_len": True}
+
+    # One member's params change: only that member is refitted.
+    calls = []
+    monkeypatch.setattr(S, "train_booster", lambda *a, **k: calls.append(1) or real_train(*a, **k))
+    changed = {"lgbm_all": ["all"], "lgbm_len": {"groups": ["length"], "params": {"num_leaves": 3}}}
+    S.run_stage(_ctx(tmp_path, stack={"members": changed}))
+    assert json.loads((run / "metrics.json").read_text())["cache_hits"] == {"lgbm_all": True, "lgbm_len": False}
+    assert len(calls) == 4
+
+
+real_train = S.train_booster
+
+
+def test_predict_reproduces_the_submission_and_blends_finetune(tmp_path, monkeypatch):
+    from pipeline import predict
+
+    _fake_feature_modules(monkeypatch, finetune=True)
+    # A member that sees only the (uninformative) prompt length, so the fake fine-tuned
+    # member, which knows the labels, should dominate the blend.
+    ctx = _ctx(tmp_path, stack={"members": {"lgbm_prompt": ["structure"]}})
+    S.run_stage(ctx)
+    metrics = json.loads((ctx.run_dir / "metrics.json").read_text())
+    assert metrics["finetune_member"] == "ft_fake"
+    assert metrics["blend_weights"]["ft_fake"] > 0.5  # the informative member dominates
+    out = tmp_path / "preds.csv"
+    pctx = _ctx(tmp_path, name="other", run_name="t", out_path=out)  # config comes from the run
+    predict.run_stage(pctx)
+    preds = pd.read_csv(out, dtype={"id": str})
+    sub = pd.read_csv(ctx.run_dir / "submission.csv", dtype={"id": str})
+    assert list(preds.columns) == list(sub.columns)
+    assert np.allclose(preds.iloc[:, 1:].to_numpy(), sub.iloc[:, 1:].to_numpy(), atol=1e-6)
+
+
+def test_finetune_member_with_partial_oof_is_left_out(tmp_path, monkeypatch, caplog):
+    _fake_feature_modules(monkeypatch, finetune=True)
+    real_member_for = sys.modules["pipeline.finetune"].member_for
+
+    def partial(ctx):
+        m = real_member_for(ctx)
+        m.oof = m.oof[m.oof["fold"] == 0]
+        return m
+
+    sys.modules["pipeline.finetune"].member_for = partial
+    ctx = _ctx(tmp_path)
+    S.run_stage(ctx)
+    metrics = json.loads((ctx.run_dir / "metrics.json").read_text())
+    assert metrics["finetune_member"] is None
+    assert "left out of the blend" in caplog.text
+
+
+def test_stage_with_no_tie_labels(tmp_path, monkeypatch):
+    _fake_feature_modules(monkeypatch)
+    train = tmp_path / "train.csv"
+    rows = make_rows(40)
+    tie = rows["winner_tie"] == 1
+    rows.loc[tie, "winner_tie"] = 0
+    rows.loc[tie, "winner_model_a"] = 1
+    rows.to_csv(train, index=False)
+    ctx = _ctx(tmp_path)
+    S.run_stage(ctx)
+    sub = pd.read_csv(ctx.run_dir / "submission.csv")
+    assert sub.shape[1] == 4
+    assert np.allclose(sub.iloc[:, 1:].sum(axis=1), 1)
+    assert (sub["winner_tie"] < 1e-3).all()
+    metrics = json.loads((ctx.run_dir / "metrics.json").read_text())
+    assert metrics["per_class_log_loss"]["tie"] is None
