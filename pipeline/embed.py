@@ -37,8 +37,8 @@ Long texts (``long_text``)
                     character offsets, so the text is never re-decoded; the re-tokenised
                     cut can differ from the budget by a token at the seam, which the
                     model's own truncation absorbs).
-    ``chunk_mean``  a text over the budget is split into windows of budget tokens; each
-                    window is embedded (L2-normalised when ``normalize``), the windows are
+    ``chunk_mean``  a text over the budget is split into windows of at most budget tokens
+                    (cut between words where possible); each window is embedded (L2-normalised when ``normalize``), the windows are
                     averaged weighted by their token counts, and the mean is renormalised.
     The budget is ``max_seq_length`` minus the tokenizer's special tokens.
 """
@@ -460,10 +460,31 @@ class ModelEncoder:
             raise ValueError(f"max_seq_length {max_len} leaves {budget} tokens per text")
         return tokenizer, budget
 
+    def _tokenize(self, tokenizer, texts: list[str]):
+        return tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True,
+                         truncation=False, verbose=False)
+
     def _offsets(self, tokenizer, texts: list[str]) -> list[list[tuple[int, int]]]:
-        enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True,
-                        truncation=False, verbose=False)
-        return enc["offset_mapping"]
+        return self._tokenize(tokenizer, texts)["offset_mapping"]
+
+    @staticmethod
+    def _windows(word_ids: list[int | None], budget: int) -> list[tuple[int, int]]:
+        """Token windows [start, end) of at most ``budget`` tokens, never cutting a word
+        unless the word alone is longer than the budget."""
+        n = len(word_ids)
+        windows = []
+        start = 0
+        while start < n:
+            end = min(start + budget, n)
+            if end < n and word_ids[end] is not None and word_ids[end] == word_ids[end - 1]:
+                back = end
+                while back > start and word_ids[back - 1] == word_ids[end]:
+                    back -= 1
+                if back > start:
+                    end = back
+            windows.append((start, end))
+            start = end
+        return windows
 
     def _head_tail(self, texts: list[str]) -> list[str]:
         tokenizer, budget = self._budget()
@@ -486,17 +507,17 @@ class ModelEncoder:
         pieces: list[str] = []
         owner: list[int] = []
         weight: list[int] = []
-        for i, (text, offsets) in enumerate(zip(texts, self._offsets(tokenizer, texts))):
+        enc = self._tokenize(tokenizer, texts)
+        for i, (text, offsets) in enumerate(zip(texts, enc["offset_mapping"])):
             if len(offsets) <= budget:
                 pieces.append(text)
                 owner.append(i)
                 weight.append(max(len(offsets), 1))
                 continue
-            for s in range(0, len(offsets), budget):
-                window = offsets[s:s + budget]
-                pieces.append(text[window[0][0]:window[-1][1]])
+            for start, end in self._windows(enc.word_ids(i), budget):
+                pieces.append(text[offsets[start][0]:offsets[end - 1][1]])
                 owner.append(i)
-                weight.append(len(window))
+                weight.append(end - start)
         vectors = self._encode(pieces, normalize=self.normalize)
         w = np.asarray(weight, dtype=np.float32)[:, None]
         sums = np.zeros((len(texts), vectors.shape[1]), dtype=np.float64)
