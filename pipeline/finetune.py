@@ -1,0 +1,621 @@
+"""Stage ``finetune``: a transformer pair classifier fine-tuned per fold -> OOF and test logits.
+
+For each fold k of the shared folds (``pipeline.folds.load_or_make_folds``), a classifier
+(``pipeline.heads``: backbone + "auto" / "mean" / "cnn" head, optionally LoRA) is trained
+with cross-entropy and AdamW on the other folds' rows, then predicts fold k (out-of-fold
+logits) and the test set. One model per seed; logits are averaged over seeds, and test
+logits over folds. Inputs are packed by ``features.seqpack.encode_pairs``.
+
+Cache layout, ``cache/finetune/<model slug>-<key>/`` (key: model id, every training
+setting that changes the logits, the folds and the training data's content hash)::
+
+    finetune.json                 model spec, packing and TTA settings (for predict_logits)
+    fold<k>/seed<s>.pt            fold model weights (LoRA: adapters + head only)
+    fold<k>/test-<testhash>.parquet   that fold's test logits (written before oof)
+    fold<k>/metrics.json          validation log loss, time per epoch, peak memory
+    fold<k>/oof.parquet           that fold's OOF logits; its presence marks the fold done
+    oof.parquet                   id, fold, logit_a, logit_b, logit_tie (all folds)
+    test-<testhash>.parquet       id, logit_a, logit_b, logit_tie (mean over folds)
+
+A rerun skips finished folds (an interrupted run resumes at the first unfinished one);
+``finetune.folds`` trains only some folds; ``--force`` retrains the chosen ones. A new
+test file is scored with the saved fold models without retraining.
+
+Contract for the stack (``pipeline/stack.py``)::
+
+    member_for(ctx) -> FinetuneMember | None
+
+None unless *every* fold of the current config / data / folds is finished and the test
+logits of the current test file exist: a member never carries partial OOF (the blend
+needs every training row). Training on a row subset (``finetune.max_rows`` below the
+training set's size) therefore also gives None. Otherwise:
+
+    .name       "ft_<model slug>"
+    .oof        DataFrame id (str), fold (int), logit_a, logit_b, logit_tie (float32);
+                every training id exactly once
+    .test       DataFrame id (str), logit_a, logit_b, logit_tie; every test id once,
+                the mean of the fold models' logits
+    .model_dir  Path of the cache folder above; ``predict_logits(model_dir, frame, ctx)``
+                scores new pairs with its fold models.
+
+Logits are raw (softmax them to get probabilities [a, b, tie]).
+"""
+from __future__ import annotations
+
+import gc
+import logging
+import math
+import resource
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from features.seqpack import encode_pairs, specials_of
+from pipeline.catalog import (CODE_VERSION, file_lock, frame_hash, hash_key, read_json,
+                              read_parquet_checked, slug, write_json_atomic,
+                              write_parquet_atomic, write_provenance)
+from pipeline.config import ConfigError, FinetuneConfig
+from pipeline.data import swap_labels, swap_proba
+from pipeline.heads import HEADS, ModelSpec, build_classifier, load_classifier, save_weights
+
+log = logging.getLogger(__name__)
+
+FINETUNE_VERSION = 1
+LOGITS = ["logit_a", "logit_b", "logit_tie"]
+# Settings that never change the logits, so never part of the cache key.
+_NOT_IN_KEY = {"folds", "in_all", "eval_batch_size", "gradient_checkpointing", "max_rows", "model"}
+
+
+@dataclass
+class FinetuneMember:
+    """Finished fine-tuned logits of one config (see the module docstring)."""
+
+    name: str
+    oof: pd.DataFrame
+    test: pd.DataFrame
+    model_dir: Path
+
+
+# ----------------------------------------------------------------------------- settings
+
+def model_spec(cfg: FinetuneConfig) -> ModelSpec:
+    """The architecture part of the config."""
+    return ModelSpec(base=cfg.model, head=cfg.head, dropout=cfg.dropout,
+                     cnn_channels=cfg.cnn_channels, lora=cfg.lora, lora_r=cfg.lora_r,
+                     lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                     lora_target_modules=cfg.lora_target_modules)
+
+
+def check_config(cfg: FinetuneConfig) -> None:
+    """Raise ConfigError naming the bad finetune.* setting."""
+    if cfg.head not in HEADS:
+        raise ConfigError(f"finetune.head={cfg.head!r}: expected one of {', '.join(HEADS)}")
+    if cfg.schedule not in ("linear", "cosine"):
+        raise ConfigError(f"finetune.schedule={cfg.schedule!r}: expected linear or cosine")
+    if cfg.precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise ConfigError(f"finetune.precision={cfg.precision!r}: expected auto, fp32, bf16 or fp16")
+    for name in ("batch_size", "grad_accum", "max_length", "eval_batch_size"):
+        if getattr(cfg, name) < 1:
+            raise ConfigError(f"finetune.{name} must be at least 1, got {getattr(cfg, name)}")
+    if cfg.epochs <= 0:
+        raise ConfigError(f"finetune.epochs must be positive, got {cfg.epochs}")
+    if not cfg.seeds:
+        raise ConfigError("finetune.seeds is empty: give at least one seed, e.g. [0]")
+    for name in ("prompt_share", "head_share", "warmup_ratio"):
+        if not 0.0 <= getattr(cfg, name) <= 1.0:
+            raise ConfigError(f"finetune.{name} must be in [0, 1], got {getattr(cfg, name)}")
+
+
+def resolve_amp(precision: str, device: str) -> tuple[torch.dtype | None, bool]:
+    """(autocast dtype or None for fp32, whether a GradScaler is needed) on ``device``.
+
+    "auto": bf16 on a GPU that supports it, else fp16 (with loss scaling); fp32 on the CPU.
+    """
+    cuda = device.startswith("cuda")
+    if precision == "fp32" or (precision == "auto" and not cuda):
+        return None, False
+    if precision == "auto":
+        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if precision == "bf16":
+        return torch.bfloat16, False
+    if precision == "fp16":
+        if not cuda:
+            raise ConfigError("finetune.precision=fp16 needs a GPU; use fp32 or bf16 on the CPU")
+        return torch.float16, True
+    raise ConfigError(f"finetune.precision={precision!r}: expected auto, fp32, bf16 or fp16")
+
+
+def _autocast(device: str, dtype: torch.dtype | None):
+    if dtype is None:
+        return nullcontext()
+    return torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu", dtype=dtype)
+
+
+def load_tokenizer(model: str) -> Any:
+    """The backbone's tokenizer (any HF name or local path; bundled MiniLM offline)."""
+    from transformers import AutoTokenizer
+
+    from pipeline.models import resolve_model_path
+
+    return AutoTokenizer.from_pretrained(resolve_model_path(model))
+
+
+def peak_memory_mb(device: str) -> float:
+    """Peak memory so far: GPU allocations on cuda, else the process's max RSS (MiB)."""
+    if device.startswith("cuda"):
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def log_loss_of_logits(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Multi-class log loss of softmax(logits) [n, 3] against int labels [n]."""
+    z = logits.astype(np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    return float(-logp[np.arange(len(labels)), labels].mean())
+
+
+# ----------------------------------------------------------------------------- model loops
+
+def collate(seqs: Sequence[Sequence[int]], pad_id: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded (input_ids, attention_mask) [len(seqs), longest] on ``device``."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, :len(s)] = torch.as_tensor(s, dtype=torch.long)
+        mask[i, :len(s)] = 1
+    if device.startswith("cuda"):
+        return ids.pin_memory().to(device, non_blocking=True), mask.pin_memory().to(device, non_blocking=True)
+    return ids.to(device), mask.to(device)
+
+
+@torch.no_grad()
+def predict_ids(model: torch.nn.Module, seqs: Sequence[Sequence[int]], pad_id: int, device: str,
+                batch_size: int, amp_dtype: torch.dtype | None = None, desc: str = "predict") -> np.ndarray:
+    """Logits float32 [len(seqs), 3] in ``seqs``' order (batches sorted by length inside)."""
+    out = np.zeros((len(seqs), 3), dtype=np.float32)
+    if not len(seqs):
+        return out
+    was_training = model.training
+    model.eval()
+    order = np.argsort([-len(s) for s in seqs], kind="stable")
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=None, leave=False):
+        idx = order[start:start + batch_size]
+        ids, mask = collate([seqs[i] for i in idx], pad_id, device)
+        with _autocast(device, amp_dtype):
+            logits = model(ids, mask)
+        out[idx] = logits.float().cpu().numpy()
+    model.train(was_training)
+    return out
+
+
+def tta_combine(forward_logits: np.ndarray, swapped_logits: np.ndarray) -> np.ndarray:
+    """Mean of the forward logits and the swapped input's logits mapped back [a, b, tie]."""
+    return ((forward_logits + swap_proba(swapped_logits)) / 2).astype(np.float32)
+
+
+def predict_pairs(model: torch.nn.Module, forward: Sequence[Sequence[int]],
+                  swapped: Sequence[Sequence[int]], pad_id: int, device: str, batch_size: int,
+                  tta: bool, amp_dtype: torch.dtype | None = None, desc: str = "predict") -> np.ndarray:
+    """Logits [n, 3] of packed pairs; with ``tta`` averaged with the swapped order's."""
+    logits = predict_ids(model, forward, pad_id, device, batch_size, amp_dtype, desc)
+    if not tta:
+        return logits
+    return tta_combine(logits, predict_ids(model, swapped, pad_id, device, batch_size,
+                                           amp_dtype, desc + " (swapped)"))
+
+
+def _param_groups(model: torch.nn.Module, lr: float, head_lr: float, weight_decay: float) -> list[dict]:
+    """AdamW groups: no decay on biases and norms; the new head at its own learning rate."""
+    groups: dict[tuple[bool, bool], list] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        parts = set(name.split("."))
+        is_head = name.startswith("head.") or bool(parts & {"classifier", "score"})
+        decay = p.ndim >= 2
+        groups.setdefault((is_head, decay), []).append(p)
+    return [{"params": ps, "lr": head_lr if is_head else lr,
+             "weight_decay": weight_decay if decay else 0.0}
+            for (is_head, decay), ps in groups.items()]
+
+
+def _micro_batches(n: int, batch_size: int, total: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """``total`` index batches: a fresh permutation per epoch, cut into batch_size chunks."""
+    batches: list[np.ndarray] = []
+    while len(batches) < total:
+        perm = rng.permutation(n)
+        batches.extend(perm[i:i + batch_size] for i in range(0, n, batch_size))
+    return batches[:total]
+
+
+def train_model(model: torch.nn.Module, forward: Sequence[Sequence[int]],
+                swapped: Sequence[Sequence[int]], labels: np.ndarray, cfg: FinetuneConfig,
+                pad_id: int, device: str, seed: int, desc: str = "train") -> dict[str, Any]:
+    """Train ``model`` in place on packed pairs with cross-entropy and AdamW.
+
+    With ``cfg.swap_augment`` every micro-batch holds each pair in both orders (labels
+    permuted for the swapped copy), so both are in the same optimiser step. Warmup then
+    linear / cosine decay, gradient accumulation and clipping, autocast per
+    ``cfg.precision`` (loss scaling for fp16). Returns: {"steps", "epoch_seconds": [...],
+    "train_loss": last running loss, "seconds"}.
+    """
+    from transformers import get_scheduler
+
+    amp_dtype, use_scaler = resolve_amp(cfg.precision, device)
+    rng = np.random.default_rng(seed)
+    per_epoch = math.ceil(len(forward) / cfg.batch_size)
+    total_micro = max(1, math.ceil(cfg.epochs * per_epoch))
+    total_steps = math.ceil(total_micro / cfg.grad_accum)
+    head_lr = cfg.head_lr if cfg.head_lr is not None else cfg.lr
+    optimizer = torch.optim.AdamW(_param_groups(model, cfg.lr, head_lr, cfg.weight_decay),
+                                  lr=cfg.lr, fused=device.startswith("cuda") or None)
+    scheduler = get_scheduler(cfg.schedule, optimizer,
+                              num_warmup_steps=int(round(cfg.warmup_ratio * total_steps)),
+                              num_training_steps=total_steps)
+    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    labels = np.asarray(labels, dtype=np.int64)
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    running, epoch_seconds, steps = None, [], 0
+    t_start = t_epoch = time.perf_counter()
+    bar = tqdm(total=total_micro, desc=desc, disable=None, leave=False)
+    for i, idx in enumerate(_micro_batches(len(forward), cfg.batch_size, total_micro, rng)):
+        seqs = [forward[j] for j in idx]
+        y = labels[idx]
+        if cfg.swap_augment:
+            seqs += [swapped[j] for j in idx]
+            y = np.concatenate([y, swap_labels(y)])
+        ids, mask = collate(seqs, pad_id, device)
+        target = torch.as_tensor(y, device=device)
+        with _autocast(device, amp_dtype):
+            logits = model(ids, mask)
+        loss = F.cross_entropy(logits.float(), target)
+        scaler.scale(loss / cfg.grad_accum).backward()
+        last = i + 1 == total_micro
+        if (i + 1) % cfg.grad_accum == 0 or last:
+            if cfg.max_grad_norm > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(trainable, cfg.max_grad_norm)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            steps += 1
+        value = float(loss.detach())
+        running = value if running is None else 0.9 * running + 0.1 * value
+        bar.update(1)
+        bar.set_postfix(loss=f"{running:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+        if (i + 1) % per_epoch == 0 or last:
+            epoch_seconds.append(time.perf_counter() - t_epoch)
+            log.info("%s: epoch %d (%d micro-batches) in %.1fs, running loss %.4f", desc,
+                     len(epoch_seconds), (i % per_epoch) + 1, epoch_seconds[-1], running)
+            t_epoch = time.perf_counter()
+    bar.close()
+    return {"steps": steps, "epoch_seconds": epoch_seconds, "train_loss": running,
+            "seconds": time.perf_counter() - t_start}
+
+
+# ----------------------------------------------------------------------------- planning
+
+@dataclass
+class Plan:
+    """What the stage (and member_for) work on for the current config and data."""
+
+    cfg: FinetuneConfig
+    train: pd.DataFrame  # the rows used (max_rows applied), with a fold column
+    test: pd.DataFrame
+    n_folds: int
+    key: str
+    model_dir: Path
+    test_hash: str
+    full_coverage: bool  # the rows used are the whole training set
+
+    def fold_dir(self, k: int) -> Path:
+        return self.model_dir / f"fold{k}"
+
+    def fold_test_path(self, k: int) -> Path:
+        return self.fold_dir(k) / f"test-{self.test_hash}.parquet"
+
+    @property
+    def oof_path(self) -> Path:
+        return self.model_dir / "oof.parquet"
+
+    @property
+    def test_path(self) -> Path:
+        return self.model_dir / f"test-{self.test_hash}.parquet"
+
+    @property
+    def name(self) -> str:
+        return f"ft_{slug(self.cfg.model)}"
+
+
+def key_config(cfg: FinetuneConfig) -> dict[str, Any]:
+    """The finetune settings that change the logits (cache key; never batch-free settings
+    like eval_batch_size, which folds to train, or gradient checkpointing)."""
+    from pipeline.models import model_id
+
+    d = {k: v for k, v in asdict(cfg).items() if k not in _NOT_IN_KEY}
+    d["model_id"] = model_id(cfg.model)
+    return d
+
+
+def make_plan(ctx) -> Plan:
+    """Rows, folds, cache key and folder for the current context."""
+    from pipeline.folds import load_or_make_folds
+
+    cfg = ctx.config.finetune
+    check_config(cfg)
+    full = ctx.dataset.train
+    n_folds = ctx.config.stack.n_folds
+    folds = load_or_make_folds(ctx.catalog, full, n_folds, ctx.config.stack.fold_seed)
+    train = full.assign(id=full["id"].astype(str)).merge(folds, on="id", how="left", validate="1:1")
+    if train["fold"].isna().any():
+        raise ValueError("finetune: some training ids have no fold; delete cache/folds and rerun")
+    if cfg.max_rows is not None:
+        if cfg.max_rows < 1:
+            raise ConfigError(f"finetune.max_rows must be at least 1, got {cfg.max_rows}")
+        train = train.iloc[:cfg.max_rows].reset_index(drop=True)
+    ctx.require_test()
+    test = ctx.dataset.test.assign(id=ctx.dataset.test["id"].astype(str))
+    data_hash = frame_hash(train[["id", "prompt", "response_a", "response_b", "label"]])
+    folds_hash = frame_hash(train[["id", "fold"]])
+    key = hash_key("finetune", FINETUNE_VERSION, key_config(cfg), n_folds,
+                   ctx.config.stack.fold_seed, folds_hash, data_hash)
+    model_dir = ctx.catalog.stage_cache("finetune") / f"{slug(cfg.model)}-{key}"
+    test_hash = frame_hash(test[["id", "prompt", "response_a", "response_b"]])
+    return Plan(cfg=cfg, train=train, test=test, n_folds=n_folds, key=key, model_dir=model_dir,
+                test_hash=test_hash, full_coverage=len(train) == len(full))
+
+
+def _logit_frame(ids: Sequence[str], logits: np.ndarray, fold: int | None = None) -> pd.DataFrame:
+    df = pd.DataFrame({"id": pd.Series(list(ids), dtype=str)})
+    if fold is not None:
+        df["fold"] = np.full(len(df), fold, dtype=np.int8)
+    for j, col in enumerate(LOGITS):
+        df[col] = logits[:, j].astype(np.float32)
+    return df
+
+
+def _read_logits(path: Path, rows: int, with_fold: bool = False) -> pd.DataFrame | None:
+    cols = ["id"] + (["fold"] if with_fold else []) + LOGITS
+    df = read_parquet_checked(path, expected_rows=rows, columns=cols)
+    if df is not None:
+        df["id"] = df["id"].astype(str)
+    return df
+
+
+# ----------------------------------------------------------------------------- stage
+
+def _write_spec(plan: Plan) -> None:
+    cfg = plan.cfg
+    write_json_atomic(plan.model_dir / "finetune.json", {
+        "name": plan.name, "key": plan.key, "code_version": CODE_VERSION,
+        "spec": model_spec(cfg).to_dict(),
+        "pack": {"max_length": cfg.max_length, "prompt_share": cfg.prompt_share,
+                 "head_share": cfg.head_share},
+        "swap_tta": cfg.swap_tta, "precision": cfg.precision, "n_folds": plan.n_folds,
+        "seeds": list(cfg.seeds), "config": key_config(cfg),
+    })
+
+
+def _score_with_saved(plan: Plan, k: int, test_fwd, test_swp, pad_id: int, device: str) -> np.ndarray:
+    """Test logits of fold k from its saved seed models (a new test file, no retraining)."""
+    cfg = plan.cfg
+    amp_dtype, _ = resolve_amp(cfg.precision, device)
+    logits = []
+    for seed in cfg.seeds:
+        model = load_classifier(model_spec(cfg), plan.fold_dir(k) / f"seed{seed}.pt", device,
+                                base_dtype=amp_dtype, pad_token_id=pad_id)
+        logits.append(predict_pairs(model, test_fwd, test_swp, pad_id, device, cfg.eval_batch_size,
+                                    cfg.swap_tta, amp_dtype, desc=f"fold {k} test"))
+        del model
+    return np.mean(logits, axis=0).astype(np.float32)
+
+
+def _train_fold(plan: Plan, k: int, packed: dict, pad_id: int, device: str) -> None:
+    """Train fold k (every seed), save its models, test logits, metrics, then OOF logits."""
+    cfg = plan.cfg
+    is_val = plan.train["fold"].to_numpy() == k
+    tr, va = np.flatnonzero(~is_val), np.flatnonzero(is_val)
+    if not len(va) or not len(tr):
+        raise ValueError(f"fold {k} has {len(va)} validation and {len(tr)} training rows of the "
+                         f"{len(plan.train)} used; raise finetune.max_rows or lower stack.n_folds")
+    amp_dtype, _ = resolve_amp(cfg.precision, device)
+    labels = plan.train["label"].to_numpy()
+    fwd, swp = packed["train"]
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    val_logits, test_logits, seed_stats = [], [], []
+    for seed in cfg.seeds:
+        torch.manual_seed(seed)
+        model = build_classifier(model_spec(cfg), base_dtype=amp_dtype, pad_token_id=pad_id)
+        if cfg.gradient_checkpointing:
+            model.enable_gradient_checkpointing()
+        model.to(device)
+        stats = train_model(model, [fwd[i] for i in tr], [swp[i] for i in tr], labels[tr], cfg,
+                            pad_id, device, seed, desc=f"fold {k} seed {seed}")
+        save_weights(model, plan.fold_dir(k) / f"seed{seed}.pt")
+        val_logits.append(predict_pairs(model, [fwd[i] for i in va], [swp[i] for i in va], pad_id,
+                                        device, cfg.eval_batch_size, cfg.swap_tta, amp_dtype,
+                                        desc=f"fold {k} val"))
+        test_logits.append(predict_pairs(model, *packed["test"], pad_id, device, cfg.eval_batch_size,
+                                         cfg.swap_tta, amp_dtype, desc=f"fold {k} test"))
+        stats["val_logloss"] = log_loss_of_logits(val_logits[-1], labels[va])
+        seed_stats.append({"seed": seed, **stats})
+        del model
+        gc.collect()
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
+    val = np.mean(val_logits, axis=0)
+    metrics = {"fold": k, "n_train": len(tr), "n_val": len(va), "device": device,
+               "val_logloss": log_loss_of_logits(val, labels[va]),
+               "peak_memory_mb": round(peak_memory_mb(device), 1),
+               "peak_memory_kind": "cuda max_memory_allocated" if device.startswith("cuda")
+               else "process max RSS", "seeds": seed_stats}
+    ids = plan.train["id"].to_numpy()
+    write_parquet_atomic(plan.fold_test_path(k), _logit_frame(plan.test["id"], np.mean(test_logits, axis=0)))
+    write_json_atomic(plan.fold_dir(k) / "metrics.json", metrics)
+    # Written last: its presence is what marks the fold finished.
+    oof_path = plan.fold_dir(k) / "oof.parquet"
+    write_parquet_atomic(oof_path, _logit_frame(ids[va], val, fold=k))
+    write_provenance(oof_path, key_config(cfg), rows=len(va), fold=k, key=plan.key)
+    epochs = [round(s, 1) for st in seed_stats for s in st["epoch_seconds"]]
+    log.info("finetune: fold %d: val log loss %.4f (%d rows), epochs took %s s, peak memory "
+             "%.0f MiB (%s)", k, metrics["val_logloss"], len(va), epochs,
+             metrics["peak_memory_mb"], metrics["peak_memory_kind"])
+
+
+def _assemble(plan: Plan) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """All folds' logits -> oof.parquet and test-<hash>.parquet; None if a fold is missing."""
+    oofs, tests = [], []
+    counts = plan.train["fold"].value_counts()
+    for k in range(plan.n_folds):
+        oof = _read_logits(plan.fold_dir(k) / "oof.parquet", int(counts.get(k, 0)), with_fold=True)
+        test = _read_logits(plan.fold_test_path(k), len(plan.test))
+        if oof is None or test is None:
+            return None
+        oofs.append(oof)
+        tests.append(test.set_index("id").loc[plan.test["id"], LOGITS].to_numpy())
+    oof = pd.concat(oofs, ignore_index=True)
+    ids = plan.train["id"]
+    if len(oof) != len(ids) or set(oof["id"]) != set(ids):
+        raise RuntimeError(f"finetune: OOF logits in {plan.model_dir} do not cover each training "
+                           "id exactly once; delete that folder and rerun")
+    oof = oof.set_index("id").loc[ids].reset_index()
+    test = _logit_frame(plan.test["id"], np.mean(tests, axis=0))
+    write_parquet_atomic(plan.oof_path, oof)
+    write_provenance(plan.oof_path, key_config(plan.cfg), rows=len(oof), key=plan.key)
+    write_parquet_atomic(plan.test_path, test)
+    write_provenance(plan.test_path, key_config(plan.cfg), rows=len(test), key=plan.key,
+                     test_hash=plan.test_hash)
+    return oof, test
+
+
+def run_stage(ctx) -> None:
+    """Train the unfinished folds (those in finetune.folds), then write the logits."""
+    from pipeline.models import hf_offline_if_no_hub
+
+    hf_offline_if_no_hub()
+    t0 = time.perf_counter()
+    plan = make_plan(ctx)
+    cfg, device = plan.cfg, ctx.device
+    plan.model_dir.mkdir(parents=True, exist_ok=True)
+    _write_spec(plan)
+    wanted = set(range(plan.n_folds)) if cfg.folds is None else set(cfg.folds)
+    unknown = sorted(wanted - set(range(plan.n_folds)))
+    if unknown:
+        raise ConfigError(f"finetune.folds {unknown} out of range: folds are 0..{plan.n_folds - 1}")
+    log.info("finetune: %s, head %s%s, %d training rows%s, %d test rows, device %s, cache %s",
+             cfg.model, cfg.head, " + LoRA" if cfg.lora else "", len(plan.train),
+             "" if plan.full_coverage else f" (first {cfg.max_rows}: max_rows)", len(plan.test),
+             device, plan.model_dir)
+    tokenizer = None
+    packed: dict[str, tuple] = {}
+    pad_id = 0
+    counts = plan.train["fold"].value_counts()
+    for k in range(plan.n_folds):
+        with file_lock(plan.fold_dir(k) / ".lock"):
+            done = (not ctx.force or k not in wanted) and _read_logits(
+                plan.fold_dir(k) / "oof.parquet", int(counts.get(k, 0)), with_fold=True) is not None
+            has_test = _read_logits(plan.fold_test_path(k), len(plan.test)) is not None
+            if done and has_test:
+                log.info("finetune: fold %d finished earlier (cached), skipped", k)
+                continue
+            if not done and k not in wanted:
+                log.info("finetune: fold %d not in finetune.folds, skipped", k)
+                continue
+            if tokenizer is None:
+                t_pack = time.perf_counter()
+                tokenizer = load_tokenizer(cfg.model)
+                pad_id = specials_of(tokenizer).pad
+                pack = dict(tokenizer=tokenizer, max_length=cfg.max_length,
+                            prompt_share=cfg.prompt_share, head_share=cfg.head_share)
+                packed = {"train": encode_pairs(plan.train, **pack), "test": encode_pairs(plan.test, **pack)}
+                log.info("finetune: packed %d train and %d test pairs (max_length %d) in %.1fs",
+                         len(plan.train), len(plan.test), cfg.max_length, time.perf_counter() - t_pack)
+            if done:
+                log.info("finetune: fold %d trained earlier; scoring this test file with its saved models", k)
+                logits = _score_with_saved(plan, k, *packed["test"], pad_id, device)
+                write_parquet_atomic(plan.fold_test_path(k), _logit_frame(plan.test["id"], logits))
+                continue
+            log.info("finetune: fold %d: training (%d seed(s))", k, len(cfg.seeds))
+            _train_fold(plan, k, packed, pad_id, device)
+    result = _assemble(plan)
+    if result is None:
+        finished = [k for k in range(plan.n_folds)
+                    if (plan.fold_dir(k) / "oof.parquet").is_file()]
+        log.warning("finetune: folds %s of %d finished; OOF logits are partial, so the stack "
+                    "will not use this member until every fold is trained (rerun without "
+                    "--folds to finish) [%.1fs]", finished, plan.n_folds, time.perf_counter() - t0)
+        return
+    oof, _ = result
+    score = log_loss_of_logits(oof[LOGITS].to_numpy(), plan.train.set_index("id").loc[oof["id"], "label"].to_numpy())
+    write_json_atomic(ctx.run_dir / "finetune" / "member.json", {
+        "name": plan.name, "model_dir": str(plan.model_dir), "key": plan.key,
+        "oof_logloss": score, "rows": len(oof), "full_coverage": plan.full_coverage,
+        "folds": {k: read_json(plan.fold_dir(k) / "metrics.json").get("val_logloss")
+                  for k in range(plan.n_folds) if (plan.fold_dir(k) / "metrics.json").is_file()},
+    })
+    log.info("finetune: OOF log loss %.4f over %d rows; logits in %s (%.1fs)", score, len(oof),
+             plan.model_dir, time.perf_counter() - t0)
+
+
+def member_for(ctx) -> FinetuneMember | None:
+    """The finished fine-tuned member of the current config, or None (module docstring)."""
+    if ctx.config.finetune.max_rows is not None and ctx.config.finetune.max_rows < len(ctx.dataset.train):
+        log.info("finetune: finetune.max_rows=%d is below the %d training rows, so no member "
+                 "covers every row", ctx.config.finetune.max_rows, len(ctx.dataset.train))
+        return None
+    plan = make_plan(ctx)
+    oof = _read_logits(plan.oof_path, len(plan.train), with_fold=True)
+    test = _read_logits(plan.test_path, len(plan.test))
+    if oof is None or test is None:
+        log.info("finetune: no finished logits for this config in %s (run --stage finetune "
+                 "with every fold)", plan.model_dir)
+        return None
+    log.info("finetune: member %s read from %s", plan.name, plan.model_dir)
+    return FinetuneMember(name=plan.name, oof=oof, test=test, model_dir=plan.model_dir)
+
+
+def predict_logits(model_dir: str | Path, frame: pd.DataFrame, ctx) -> np.ndarray:
+    """Logits float32 [len(frame), 3] of new pairs from the saved fold models in ``model_dir``.
+
+    ``frame``: canonical frame (prompt, response_a, response_b). The mean over every
+    finished fold's seed models, with swap TTA as at training time (finetune.json).
+    """
+    model_dir = Path(model_dir)
+    meta_path = model_dir / "finetune.json"
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{meta_path} not found: {model_dir} is not a finetune model "
+                                "folder (run --stage finetune first)")
+    meta = read_json(meta_path)
+    spec = ModelSpec.from_dict(meta["spec"])
+    weights = sorted(p for k in range(meta["n_folds"]) if (model_dir / f"fold{k}" / "oof.parquet").is_file()
+                     for p in (model_dir / f"fold{k}").glob("seed*.pt"))
+    if not weights:
+        raise FileNotFoundError(f"{model_dir}: no finished fold models; run --stage finetune")
+    device = ctx.device
+    amp_dtype, _ = resolve_amp(meta.get("precision", "auto"), device)
+    tokenizer = load_tokenizer(spec.base)
+    pad_id = specials_of(tokenizer).pad
+    fwd, swp = encode_pairs(frame, tokenizer, **meta["pack"])
+    batch = ctx.config.finetune.eval_batch_size
+    total = np.zeros((len(frame), 3), dtype=np.float64)
+    for path in weights:
+        model = load_classifier(spec, path, device, base_dtype=amp_dtype, pad_token_id=pad_id)
+        total += predict_pairs(model, fwd, swp, pad_id, device, batch, meta["swap_tta"], amp_dtype,
+                               desc=f"{path.parent.name}/{path.stem}")
+        del model
+    log.info("finetune: scored %d pairs with %d saved models from %s", len(frame), len(weights), model_dir)
+    return (total / len(weights)).astype(np.float32)
