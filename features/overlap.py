@@ -42,14 +42,14 @@ def overlap_features(view: TextView, ids: Sequence[str]) -> pd.DataFrame:
         overlap__p_jac_ab_w, p_jac_ab_2   Jaccard of A and B word / bigram sets
         overlap__p_identical              1 if A and B are the same text (stripped)
     """
-    words = view.words
+    words, sets = view.words, view.word_sets
     n = view.n
     names = ("pcov_w", "rcov_w", "jac_w", "pcov_2", "rcov_2", "jac_2", "in_other_w")
     out = {role: np.zeros((n, len(names)), dtype=np.float64) for role in ("a", "b")}
     jac_ab = np.zeros((n, 2), dtype=np.float64)
     for i in range(n):
         pw, aw, bw = words["p"][i], words["a"][i], words["b"][i]
-        ps, as_, bs = set(pw), set(aw), set(bw)
+        ps, as_, bs = sets["p"][i], sets["a"][i], sets["b"][i]
         p2, a2, b2 = set(zip(pw, pw[1:])), set(zip(aw, aw[1:])), set(zip(bw, bw[1:]))
         for role, rs, r2, other in (("a", as_, a2, bs), ("b", bs, b2, as_)):
             row = out[role][i]

@@ -59,26 +59,27 @@ _LOG_RATIO = {"bullets", "numbered", "bold", "numbers", "digits", "questions", "
               "colons", "code_blocks", "headers", "table_rows", "caps_runs"}
 
 
-def _repeated_fraction(items: list) -> float:
+def _repeated_fraction(n_items: int, n_unique: int) -> float:
     """Share of items that repeat an earlier one (0 for fewer than 2 items)."""
-    return 1.0 - len(set(items)) / len(items) if len(items) > 1 else 0.0
+    return 1.0 - n_unique / n_items if n_items > 1 else 0.0
 
 
-def _per_text(arr: pa.Array, stripped: pa.Array, words: list[list[str]]) -> dict[str, np.ndarray]:
+def _per_text(arr: pa.Array, stripped: pa.Array, words: list[list[str]],
+              word_sets: list[set[str]]) -> dict[str, np.ndarray]:
     nl, empty = pa.scalar("\n", arr.type), pa.scalar("", arr.type)
     lined = pc.binary_join_element_wise(nl, arr, empty)  # "\n" + text: see COUNT_PATTERNS
     out = {name: count(lined, pat) for name, pat in COUNT_PATTERNS.items()}
     out["code_blocks"] = np.ceil(count(arr, "```", regex=False) / 2)  # an unclosed fence opens one
     out["refusal_flag"] = (out["refusal"] > 0).astype(np.float64)
     n_words = np.fromiter((len(w) for w in words), dtype=np.float64, count=len(words))
-    unique = np.fromiter((len(set(w)) for w in words), dtype=np.float64, count=len(words))
+    unique = np.fromiter((len(s) for s in word_sets), dtype=np.float64, count=len(words))
     out["lexdiv"] = safe_div(unique, n_words)
     out["rep_trigram"] = np.fromiter(
-        (_repeated_fraction(list(zip(w, w[1:], w[2:]))) for w in words),
+        (_repeated_fraction(len(w) - 2, len(set(zip(w, w[1:], w[2:])))) for w in words),
         dtype=np.float64, count=len(words))
-    lines = [[ln.strip() for ln in t.split("\n") if ln.strip()] for t in arr.to_pylist()]
-    out["rep_lines"] = np.fromiter((_repeated_fraction(x) for x in lines), dtype=np.float64,
-                                   count=len(lines))
+    lines = [[ln for ln in map(str.strip, t.split("\n")) if ln] for t in arr.to_pylist()]
+    out["rep_lines"] = np.fromiter((_repeated_fraction(len(x), len(set(x))) for x in lines),
+                                   dtype=np.float64, count=len(lines))
     out["empty"] = (lengths(stripped) == 0).astype(np.float64)
     chars = lengths(arr)
     out["digits"] = count(arr, r"[0-9]")
@@ -97,8 +98,8 @@ def structure_features(view: TextView, ids: Sequence[str]) -> pd.DataFrame:
     and rep_lines (share of repeated word trigrams / non-empty lines), empty, digit_share,
     upper_share. ``lr`` only for the counts in _LOG_RATIO.
     """
-    per_role = {role: _per_text(view.text[role], view.stripped[role], view.words[role])
-                for role in ("p", "a", "b")}
+    per_role = {role: _per_text(view.text[role], view.stripped[role], view.words[role],
+                                view.word_sets[role]) for role in ("p", "a", "b")}
     cols: dict[str, np.ndarray] = {}
     for feature, values in per_role["p"].items():
         cols[f"{GROUP}__p_{feature}"] = values

@@ -59,6 +59,7 @@ class TextView:
         stripped[r]             the same with surrounding whitespace removed
         turns[r], null_turns[r] float arrays: number of turns, number of empty turns
         words[r]                list of lists of lower-cased words (punctuation removed)
+        word_sets[r]            the same as sets (shared by structure and overlap)
     """
 
     def __init__(self, frame: pd.DataFrame):
@@ -91,3 +92,8 @@ class TextView:
             norm = pc.replace_substring_regex(pc.utf8_lower(arr), _PUNCT, " ")
             out[role] = [t.split() for t in norm.to_pylist()]
         return out
+
+    @cached_property
+    def word_sets(self) -> dict[str, list[set[str]]]:
+        """Sets of the lower-cased words per role."""
+        return {role: [set(w) for w in words] for role, words in self.words.items()}

@@ -117,26 +117,32 @@ def group_specs(cfg: Config, groups: Sequence[str] | None = None) -> list[GroupS
 
 @functools.lru_cache(maxsize=4)
 def _load_tokenizer(name: str):
+    """The Rust tokenizer of ``name`` with truncation and padding switched off (a copy)."""
+    from tokenizers import Tokenizer
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(resolve_model_path(name), use_fast=True)
-    if not tok.is_fast:
-        log.warning("tokenizer %s has no fast version: token counting will be slow", name)
-    tok.model_max_length = 1 << 30  # we count, never truncate: silence the length warning
-    return tok
+    if not getattr(tok, "is_fast", False):
+        raise ValueError(f"features.tokenizer {name!r} has no fast (Rust) tokenizer: token "
+                         "counts need one; set features.tokenizer to a model that has one")
+    # A private copy: tokenizer.json may enable truncation/padding (MiniLM: 128), and the
+    # raw batch call skips transformers' conversion of every id to a Python int.
+    raw = Tokenizer.from_str(tok.backend_tokenizer.to_str())
+    raw.no_truncation()
+    raw.no_padding()
+    return raw
 
 
 def token_counter(name: str) -> TokenCounter:
     """Texts -> token counts of ``name``'s tokenizer (no special tokens, no truncation)."""
-    tok = _load_tokenizer(name)
+    raw = _load_tokenizer(name)
+    encode = getattr(raw, "encode_batch_fast", raw.encode_batch)  # fast: no offsets
 
     def count(texts: Sequence[str]) -> np.ndarray:
         out = np.zeros(len(texts), dtype=np.float64)
         for start in range(0, len(texts), _TOKENIZE_BATCH):
             batch = list(texts[start:start + _TOKENIZE_BATCH])
-            ids = tok(batch, add_special_tokens=False, truncation=False,
-                      return_attention_mask=False, return_token_type_ids=False)["input_ids"]
-            out[start:start + len(batch)] = [len(x) for x in ids]
+            out[start:start + len(batch)] = [len(e) for e in encode(batch, add_special_tokens=False)]
         return out
 
     return count

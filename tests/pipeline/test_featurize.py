@@ -179,3 +179,15 @@ def test_real_tokenizer_counts_without_truncation():
     got = count(["", "hello world", long_text])
     assert got[0] == 0 and got[1] == 2
     assert got[2] == 1200  # far beyond the model's 256/512 limit: not truncated
+
+
+@pytest.mark.slow
+def test_token_counts_match_transformers_tokenizer():
+    from transformers import AutoTokenizer
+
+    from pipeline.models import resolve_model_path
+
+    tok = AutoTokenizer.from_pretrained(resolve_model_path("all-MiniLM-L6-v2"))
+    texts = ["Hello, World!", "caf\u00e9 \ufffd \u4f60\u597d " * 50, "x" * 300, "a\n\n- b\n- c"]
+    want = [len(tok(t, add_special_tokens=False, truncation=False)["input_ids"]) for t in texts]
+    assert featurize.token_counter("all-MiniLM-L6-v2")(texts).tolist() == want

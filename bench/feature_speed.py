@@ -1,0 +1,130 @@
+#!/usr/bin/env python
+"""Speed of the non-embedding feature groups (length incl. tokenizer counts, structure, overlap).
+
+Data: each CSV in --data (default /work/shared/data/*.csv, or ../shared/data), then two
+sets of --rows rows (default 60,000) resampled from all of them with a fixed seed:
+"resampled" (whole rows drawn with replacement) and "kaggle-length" (each response the
+concatenation of 7 drawn responses, each prompt of 2 drawn prompts, so the mean lengths
+approach Kaggle's ~1,400 characters per response). Prints a table and writes it to
+bench/results/feature_speed.md.
+
+    python bench/feature_speed.py             # full run
+    python bench/feature_speed.py --quick     # 3,000-row resampled sets, one repeat
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from features.groups import TEXT_GROUPS  # noqa: E402
+from features.text import TextView  # noqa: E402
+from pipeline.catalog import write_text_atomic  # noqa: E402
+from pipeline.config import DEFAULT_MODEL  # noqa: E402
+from pipeline.data import TEXT_COLUMNS, load_pairs  # noqa: E402
+from pipeline.featurize import token_counter  # noqa: E402
+
+DEFAULT_DATA = ["/work/shared/data/*.csv", str(ROOT.parent / "shared" / "data" / "*.csv")]
+
+
+def resample(pool: pd.DataFrame, rows: int, seed: int, join: dict[str, int] | None = None) -> pd.DataFrame:
+    """``rows`` rows drawn from ``pool``; with ``join``, each text column's cell is the
+    concatenation (turn lists joined) of ``join[col]`` independently drawn cells."""
+    rng = np.random.default_rng(seed)
+    out = {"id": [f"r{i}" for i in range(rows)]}
+    if not join:
+        idx = rng.integers(0, len(pool), rows)
+        for col in TEXT_COLUMNS:
+            out[col] = pool[col].to_numpy()[idx].tolist()
+        return pd.DataFrame(out)
+    for col in TEXT_COLUMNS:
+        cells = pool[col].to_numpy()
+        idx = rng.integers(0, len(pool), (rows, join[col]))
+        out[col] = [["\n\n".join(t for k in r for t in cells[k])] for r in idx]
+    return pd.DataFrame(out)
+
+
+def time_groups(frame: pd.DataFrame, count_tokens, repeats: int) -> dict[str, float]:
+    """Best-of-``repeats`` seconds per step: view (join + words), each group, tokens."""
+    best: dict[str, float] = {}
+    for _ in range(repeats):
+        times = {}
+        t0 = time.perf_counter()
+        view = TextView(frame)
+        view.words  # noqa: B018 - build the shared word lists (part of the cost)
+        times["prepare"] = time.perf_counter() - t0
+        ids = frame["id"].tolist()
+        for name, group in TEXT_GROUPS.items():
+            t0 = time.perf_counter()
+            group.compute(view, ids, None)
+            times[name] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for role in ("p", "a", "b"):
+            count_tokens(view.text[role].to_pylist())
+        times["tokens"] = time.perf_counter() - t0
+        best = {k: min(v, best.get(k, np.inf)) for k, v in times.items()}
+    best["total"] = sum(best.values())
+    return best
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data", nargs="*", default=None, help="CSV files or globs (Kaggle layout)")
+    p.add_argument("--rows", type=int, default=60_000, help="rows of each resampled set")
+    p.add_argument("--repeats", type=int, default=2, help="timings are the best of this many")
+    p.add_argument("--quick", action="store_true", help="3,000-row resampled sets, one repeat")
+    p.add_argument("--tokenizer", default=DEFAULT_MODEL)
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "feature_speed.md")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.rows, args.repeats = min(args.rows, 3_000), 1
+    paths = sorted({f for pattern in (args.data or DEFAULT_DATA) for f in glob.glob(pattern)})
+    if not paths:
+        p.error(f"no CSV found in {args.data or DEFAULT_DATA}: pass --data")
+    t0 = time.perf_counter()
+    count_tokens = token_counter(args.tokenizer)
+    count_tokens(["warm up"])
+    tok_load = time.perf_counter() - t0
+
+    sets: list[tuple[str, pd.DataFrame]] = [(Path(f).name, load_pairs(f)) for f in paths]
+    pool = pd.concat([df[["id", *TEXT_COLUMNS]] for _, df in sets], ignore_index=True)
+    sets.append((f"resampled {args.rows:,}", resample(pool, args.rows, seed=0)))
+    sets.append((f"kaggle-length {args.rows:,}",
+                 resample(pool, args.rows, seed=1, join={"prompt": 2, "response_a": 7, "response_b": 7})))
+
+    header = ("| data | rows | chars/row | prepare s | length s | structure s | overlap s "
+              "| tokens s | total s | rows/s |")
+    lines = [header, "|" + "---|" * 10]
+    for name, frame in sets:
+        chars = sum(TextView(frame.head(2000)).text[r].to_pandas().str.len().mean()
+                    for r in ("p", "a", "b"))
+        t = time_groups(frame, count_tokens, args.repeats)
+        row = (f"| {name} | {len(frame):,} | {chars:,.0f} | {t['prepare']:.2f} | {t['length']:.2f} "
+               f"| {t['structure']:.2f} | {t['overlap']:.2f} | {t['tokens']:.2f} | {t['total']:.2f} "
+               f"| {len(frame) / t['total']:,.0f} |")
+        lines.append(row)
+        print(row if len(lines) > 3 else "\n".join(lines), flush=True)
+    notes = (f"\nAll non-embedding features (length with tokenizer counts of {args.tokenizer}, "
+             f"structure, overlap) of prompt, A and B; best of {args.repeats}; "
+             f"{os.cpu_count()} CPU core(s), Python {platform.python_version()}, "
+             f"tokenizer load {tok_load:.1f}s (not counted). chars/row = mean characters of "
+             "prompt + A + B. 'prepare' joins turns and builds the shared word lists.\n")
+    text = "# Feature speed\n\n" + "\n".join(lines) + "\n" + notes
+    write_text_atomic(args.out, text)
+    print(notes)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
