@@ -116,7 +116,7 @@ def _plots(run_dir: Path, metrics: dict, y: np.ndarray, proba: np.ndarray,
     if weights:
         fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(weights) + 2), 3))
         ax.bar(list(weights), list(weights.values()))
-        ax.set_ylim(0, 1)
+        ax.set_ylim(0, 1.15)
         ax.set_ylabel("weight")
         ax.set_title(f"Blend weights (temperature {metrics.get('blend_temperature', 1):.3f})")
         for i, v in enumerate(weights.values()):
