@@ -103,22 +103,23 @@ def main(argv: list[str] | None = None) -> int:
                  resample(pool, args.rows, seed=1, join={"prompt": 2, "response_a": 7, "response_b": 7})))
 
     header = ("| data | rows | chars/row | prepare s | length s | structure s | overlap s "
-              "| tokens s | total s | rows/s |")
-    lines = [header, "|" + "---|" * 10]
+              "| tokens s | total s | rows/s | rows/s without tokens |")
+    lines = [header, "|" + "---|" * 11]
     for name, frame in sets:
         chars = sum(TextView(frame.head(2000)).text[r].to_pandas().str.len().mean()
                     for r in ("p", "a", "b"))
         t = time_groups(frame, count_tokens, args.repeats)
         row = (f"| {name} | {len(frame):,} | {chars:,.0f} | {t['prepare']:.2f} | {t['length']:.2f} "
                f"| {t['structure']:.2f} | {t['overlap']:.2f} | {t['tokens']:.2f} | {t['total']:.2f} "
-               f"| {len(frame) / t['total']:,.0f} |")
+               f"| {len(frame) / t['total']:,.0f} | {len(frame) / (t['total'] - t['tokens']):,.0f} |")
         lines.append(row)
         print(row if len(lines) > 3 else "\n".join(lines), flush=True)
     notes = (f"\nAll non-embedding features (length with tokenizer counts of {args.tokenizer}, "
              f"structure, overlap) of prompt, A and B; best of {args.repeats}; "
              f"{os.cpu_count()} CPU core(s), Python {platform.python_version()}, "
              f"tokenizer load {tok_load:.1f}s (not counted). chars/row = mean characters of "
-             "prompt + A + B. 'prepare' joins turns and builds the shared word lists.\n")
+             "prompt + A + B. 'prepare' joins turns and builds the shared word lists. Timings "
+             "depend on other load on the machine: check `uptime` when comparing.\n")
     text = "# Feature speed\n\n" + "\n".join(lines) + "\n" + notes
     write_text_atomic(args.out, text)
     print(notes)
