@@ -327,6 +327,18 @@ def test_stack_blend_picks_the_member_up(tmp_path, tiny_model, monkeypatch):
     metrics = json.loads((ctx.run_dir / "metrics.json").read_text())
     assert metrics["finetune_member"] == "ft_" + FT.slug(tiny_model)
     assert "ft_" + FT.slug(tiny_model) in metrics["blend_weights"]
+    # --stage predict rescores the test file through predict_logits and the saved fold models.
+    from pipeline import predict
+
+    out = tmp_path / "preds.csv"
+    pctx = _ctx(tmp_path, tiny_model, n_train=20)
+    pctx.config = ctx.config
+    pctx.run_name, pctx.out_path = "t", out
+    predict.run_stage(pctx)
+    preds = pd.read_csv(out, dtype={"id": str})
+    sub = pd.read_csv(ctx.run_dir / "submission.csv", dtype={"id": str})
+    assert list(preds["id"]) == list(sub["id"])
+    assert np.allclose(preds.iloc[:, 1:].to_numpy(), sub.iloc[:, 1:].to_numpy(), atol=1e-4)
 
 
 # ------------------------------------------------------------------ real bundled model

@@ -1,0 +1,190 @@
+#!/usr/bin/env python
+"""Five-fold OOF log loss of the fine-tuned member alone and blended with LightGBM.
+
+For each CSV in --data (default /work/shared/data/*.csv; never copied into the repo),
+in a temporary workdir:
+
+1. ``--stage finetune`` on the file (the shared five folds), with the settings below;
+   per fold: validation log loss, seconds per epoch, peak memory (GPU: max allocated;
+   CPU: the process's max RSS).
+2. ``embed``, ``features`` and ``stack`` with ``stack.use_finetune: false`` -> LightGBM
+   alone, then ``stack`` again with the fine-tuned member -> the blend. Both scores are
+   the stack's nested OOF log loss (blend weights fitted on the other folds).
+
+All three numbers are out-of-fold on the same five folds. Prints a table and writes it to
+bench/results/finetune.md.
+
+CPU cost (MiniLM, 2 busy cores): training sees each pair twice (swap augmentation) at
+about 3-5 sequences/s at 128 tokens, so one epoch over 4/5 of N rows takes ~N * 1.6 / 4 s
+per fold, ~2N s for five folds: pandalm (999 rows) ~35 min, hh-rlhf (2,307) ~80 min at
+--max-length 128. Use --max-rows / --max-length / --quick on the CPU.
+
+    python bench/finetune.py --quick                  # 120 rows per file, 48 tokens
+    python bench/finetune.py --max-rows 400 --max-length 96
+    python bench/finetune.py --device cuda --max-length 512 --epochs 2   # on a GPU
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import logging
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from pipeline.catalog import Catalog, read_json, write_text_atomic  # noqa: E402
+from pipeline.config import Config, apply_overrides  # noqa: E402
+from pipeline.context import RunContext  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results" / "finetune.md"
+DEFAULT_DATA = ["/work/shared/data/*.csv", str(ROOT.parent / "shared" / "data" / "*.csv")]
+log = logging.getLogger("bench.finetune")
+
+
+def _inputs(path: Path, workdir: Path, max_rows: int | None, test_rows: int) -> tuple[Path, Path]:
+    """(train CSV, test CSV) in ``workdir``: the file (or its first max_rows rows) and a
+    small unlabelled test file of its first rows (the stages need one; not scored)."""
+    raw = pd.read_csv(path, dtype=str, keep_default_na=False)
+    train = raw if max_rows is None else raw.iloc[:max_rows]
+    test = raw.iloc[:test_rows].drop(columns=["winner_model_a", "winner_model_b", "winner_tie"])
+    workdir.mkdir(parents=True, exist_ok=True)
+    train_path, test_path = workdir / "train.csv", workdir / "test.csv"
+    train.to_csv(train_path, index=False)
+    test.to_csv(test_path, index=False)
+    return train_path, test_path
+
+
+def _ctx(cfg: Config, workdir: Path, train: Path, test: Path, device: str) -> RunContext:
+    return RunContext(config=cfg, catalog=Catalog(workdir), train_path=train, test_path=test,
+                      device_request=device)
+
+
+def bench_file(path: Path, args: argparse.Namespace) -> dict:
+    """Run the stages on one file; return the table row."""
+    from pipeline import finetune as FT
+    from pipeline.stages import STAGES
+
+    with tempfile.TemporaryDirectory(prefix="bench-ft-") as tmp:
+        workdir = Path(tmp)
+        train, test = _inputs(path, workdir / "raw", args.max_rows, args.test_rows)
+        ft = {"max_length": args.max_length, "epochs": args.epochs, "batch_size": args.batch_size,
+              "head": args.head, "lr": args.lr, "head_lr": args.head_lr}
+        cfg = apply_overrides(Config(), {"name": "ft", "finetune": ft,
+                                         "stack": {"n_folds": args.folds}})
+        ctx = _ctx(cfg, workdir, train, test, args.device)
+        n_rows = len(ctx.dataset.train)
+        t0 = time.perf_counter()
+        FT.run_stage(ctx)
+        ft_seconds = time.perf_counter() - t0
+        member = FT.member_for(ctx)
+        if member is None:
+            raise RuntimeError(f"{path}: the finetune stage left no complete member")
+        labels = ctx.dataset.train.set_index("id").loc[member.oof["id"], "label"].to_numpy()
+        ft_loss = FT.log_loss_of_logits(member.oof[FT.LOGITS].to_numpy(), labels)
+        plan = FT.make_plan(ctx)
+        fold_metrics = [read_json(plan.fold_dir(k) / "metrics.json") for k in range(args.folds)]
+        epoch_s = [s for m in fold_metrics for seed in m["seeds"] for s in seed["epoch_seconds"]]
+        row = {"file": path.name, "rows": n_rows, "device": ctx.device,
+               "max_length": args.max_length, "epochs": args.epochs, "ft_oof_logloss": ft_loss,
+               "ft_fold_logloss": [round(m["val_logloss"], 4) for m in fold_metrics],
+               "sec_per_epoch": float(np.mean(epoch_s)), "ft_total_s": ft_seconds,
+               "peak_mb": max(m["peak_memory_mb"] for m in fold_metrics),
+               "peak_kind": fold_metrics[0]["peak_memory_kind"]}
+        if args.skip_blend:
+            return row
+        for name in ("embed", "features"):
+            STAGES[name].load()(ctx)
+        for exp, use_ft in (("lgbm", False), ("blend", True)):
+            sctx = _ctx(apply_overrides(cfg, {"name": exp, "stack": {"use_finetune": use_ft}}),
+                        workdir, train, test, args.device)
+            STAGES["stack"].load()(sctx)
+            metrics = read_json(sctx.run_dir / "metrics.json")
+            row[f"{exp}_oof_logloss"] = metrics["oof_log_loss"]
+            if use_ft:
+                row["ft_in_blend"] = metrics.get("finetune_member") is not None
+                row["ft_weight"] = metrics["blend_weights"].get(member.name, 0.0)
+        return row
+
+
+def _table(rows: list[dict]) -> str:
+    head = ("| file | rows | device | max_length | epochs | fine-tuned OOF | LightGBM OOF | blend OOF "
+            "| ft weight | s / epoch (mean fold) | finetune total s | peak memory MiB |")
+    lines = [head, "|" + "---|" * 12]
+    for r in rows:
+        def f(key, fmt="{:.4f}"):
+            return fmt.format(r[key]) if key in r else "-"
+        lines.append(f"| {r['file']} | {r['rows']} | {r['device']} | {r['max_length']} | {r['epochs']:g} "
+                     f"| {f('ft_oof_logloss')} | {f('lgbm_oof_logloss')} | {f('blend_oof_logloss')} "
+                     f"| {f('ft_weight', '{:.2f}')} | {r['sec_per_epoch']:.1f} | {r['ft_total_s']:.0f} "
+                     f"| {r['peak_mb']:.0f} ({r['peak_kind']}) |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data", nargs="*", default=None,
+                   help="CSV files or globs (default: /work/shared/data/*.csv)")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: --max-rows 120 --max-length 48 (numbers are not meaningful)")
+    p.add_argument("--max-rows", type=int, default=None, help="first N rows of each file")
+    p.add_argument("--max-length", type=int, default=128, help="tokens per packed pair (default 128)")
+    p.add_argument("--epochs", type=float, default=1.0)
+    p.add_argument("--batch-size", type=int, default=8, help="pairs per micro-batch")
+    p.add_argument("--head", default="mean", choices=["auto", "mean", "cnn"])
+    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--head-lr", type=float, default=1e-3)
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--test-rows", type=int, default=8, help="rows of the (unscored) test file")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--skip-blend", action="store_true", help="only the fine-tuned member")
+    p.add_argument("--out", type=Path, default=RESULTS)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.max_rows = args.max_rows or 120
+        args.max_length = 48
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    for noisy in ("transformers", "sentence_transformers", "httpx", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    patterns = args.data or DEFAULT_DATA
+    files = sorted({Path(f) for pat in patterns for f in glob.glob(pat)}, key=lambda f: f.name)
+    if not files:
+        raise SystemExit(f"no CSV files match {patterns}: pass --data FILE ...")
+    rows = []
+    for path in files:
+        log.info("bench: %s", path)
+        rows.append(bench_file(path, args))
+        log.info("bench: %s", json.dumps(rows[-1]))
+    import torch
+    table = _table(rows)
+    conditions = (f"model all-MiniLM-L6-v2 (bundled), head {args.head}, lr {args.lr:g} "
+                  f"(head {args.head_lr:g}), batch {args.batch_size} pairs (x2 with swap "
+                  f"augmentation), {args.folds} folds, swap TTA; "
+                  f"{'first ' + str(args.max_rows) + ' rows per file; ' if args.max_rows else ''}"
+                  f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
+                  f"{os.cpu_count()} CPU threads visible; {time.strftime('%Y-%m-%d %H:%M')}")
+    text = (f"# Fine-tuned member: five-fold OOF log loss\n\n{table}\n\n{conditions}\n\n"
+            "Fine-tuned OOF: the member's own out-of-fold logits. LightGBM / blend OOF: the "
+            "stack's nested OOF log loss (blend weights fitted on the other folds) without / "
+            "with the fine-tuned member. Peak memory: GPU max allocated, or the process max "
+            "RSS on the CPU (which includes the embedding and LightGBM stages run before).\n")
+    print("\n" + table + "\n\n" + conditions)
+    write_text_atomic(args.out, text)
+    print(f"written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
