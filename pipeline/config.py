@@ -87,6 +87,9 @@ class StackConfig:
     early_stopping_rounds: int = 50
     # Fraction of training groups held out as the inner early-stopping split.
     inner_valid_fraction: float = 0.15
+    # After early stopping, retrain on all of the fold's training rows (inner split
+    # included) for the chosen round count scaled by the row ratio: twice the fits.
+    refit: bool = False
     # LightGBM parameters merged over the defaults in pipeline.stack.
     lgbm_params: dict = field(default_factory=dict)
     # LightGBM members: name -> list of feature groups it sees ("all" = every group), or

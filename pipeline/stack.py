@@ -178,14 +178,15 @@ def cross_fit_member(X: np.ndarray, X_swapped: np.ndarray, y: np.ndarray, ids: n
                      swap_augment: bool = True, swap_tta: bool = True,
                      num_boost_round: int = 1000, early_stopping: bool = True,
                      early_stopping_rounds: int = 50, inner_valid_fraction: float = 0.15,
-                     progress=None) -> MemberFit:
+                     refit: bool = False, progress=None) -> MemberFit:
     """K-fold cross-fitting of one LightGBM member (pure: arrays in, MemberFit out).
 
     X, X_swapped: float32 [n, d] features of the training rows and of the same rows with A
     and B exchanged; y: int labels [n] (0 a, 1 b, 2 tie); ids [n]; folds: int [n];
     groups: int [n] prompt groups (for the inner split); X_test, X_test_swapped [m, d].
-    Returns: MemberFit; oof rows of fold k come only from models that never saw fold k,
-    not even for early stopping.
+    With ``refit``, the early-stopped round count (scaled by the row ratio) is used to
+    retrain on all the fold's training rows. Returns: MemberFit; oof rows of fold k come
+    only from models that never saw fold k, not even for early stopping.
     """
     overrides = dict(lgbm_overrides or {})
     n, m = len(y), len(X_test)
@@ -211,6 +212,15 @@ def cross_fit_member(X: np.ndarray, X_swapped: np.ndarray, y: np.ndarray, ids: n
             params = lgbm_params(overrides, seed, n_rows=len(yf))
             booster = train_booster(params, Xf, yf, idf, Xv, yv, idv, num_boost_round,
                                     early_stopping_rounds, feature_names)
+            if early_stopping and refit:
+                # Refit on every training row (inner split included) for the chosen round
+                # count, scaled up by the extra rows; fold k is still never seen.
+                n_rounds = max(1, int(round(booster.best_iteration * train_rows.sum()
+                                            / max(fit_rows.sum(), 1))))
+                inner_scores[(int(k), int(seed))] = float(booster.best_score["inner"]["multi_logloss"])
+                Xf, yf, idf = _stack_rows(X, X_swapped, y, ids, train_rows, swap_augment)
+                booster = train_booster(params, Xf, yf, idf, None, None, None, n_rounds,
+                                        early_stopping_rounds, feature_names)
             held_swapped = X_swapped[held] if swap_tta else None
             oof[held] += predict_tta(booster, X[held], held_swapped) / len(seeds)
             if m:
@@ -218,7 +228,7 @@ def cross_fit_member(X: np.ndarray, X_swapped: np.ndarray, y: np.ndarray, ids: n
                     len(seeds) * len(fold_ids))
             it = booster.best_iteration if booster.best_iteration > 0 else booster.current_iteration()
             best[(int(k), int(seed))] = int(it)
-            if early_stopping and booster.best_score:
+            if early_stopping and not refit and booster.best_score:
                 inner_scores[(int(k), int(seed))] = float(booster.best_score["inner"]["multi_logloss"])
             models[(int(k), int(seed))] = booster.model_to_string(num_iteration=it)
             gain += booster.feature_importance("gain", iteration=it)
@@ -410,7 +420,7 @@ def fit_member_cached(ctx, name: str, groups: list[str], inp: StackInputs,
         "seeds": list(cfg.seeds), "swap_augment": cfg.swap_augment, "swap_tta": cfg.swap_tta,
         "num_boost_round": cfg.num_boost_round, "early_stopping": cfg.early_stopping,
         "early_stopping_rounds": cfg.early_stopping_rounds,
-        "inner_valid_fraction": cfg.inner_valid_fraction,
+        "inner_valid_fraction": cfg.inner_valid_fraction, "refit": cfg.refit,
     }
     key = hash_key("stack-member", STACK_VERSION, settings,
                    array_hash(X, Xs, inp.train_ids, inp.y, inp.folds, inp.groups),
@@ -437,7 +447,7 @@ def fit_member_cached(ctx, name: str, groups: list[str], inp: StackInputs,
                 swap_augment=cfg.swap_augment, swap_tta=cfg.swap_tta,
                 num_boost_round=cfg.num_boost_round, early_stopping=cfg.early_stopping,
                 early_stopping_rounds=cfg.early_stopping_rounds,
-                inner_valid_fraction=cfg.inner_valid_fraction, progress=bar)
+                inner_valid_fraction=cfg.inner_valid_fraction, refit=cfg.refit, progress=bar)
         elapsed = time.perf_counter() - t0
         _save_member(path, fit, inp.train_ids, inp.folds, inp.test_ids,
                      {"name": name, "groups": list(groups), "settings": settings,

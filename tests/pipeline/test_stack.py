@@ -93,7 +93,8 @@ def test_oof_covers_every_row_and_sums_to_one():
     assert log_loss(d["y"], fit.oof) < 1.0
 
 
-def test_no_validation_row_ever_reaches_a_fit(monkeypatch):
+@pytest.mark.parametrize("refit", [False, True])
+def test_no_validation_row_ever_reaches_a_fit(monkeypatch, refit):
     calls = []
     real = S.train_booster
 
@@ -103,21 +104,25 @@ def test_no_validation_row_ever_reaches_a_fit(monkeypatch):
 
     monkeypatch.setattr(S, "train_booster", recording)
     seeds = (0, 1)
-    fit, d = _cross_fit(seeds=seeds)
+    fit, d = _cross_fit(seeds=seeds, refit=refit)
     fold_of = dict(zip(d["ids"], d["folds"]))
     group_of = dict(zip(d["ids"], d["groups"]))
-    assert len(calls) == 4 * len(seeds)
+    per_model = 2 if refit else 1
+    assert len(calls) == 4 * len(seeds) * per_model
     for i, (train_ids, valid_ids, n_rows) in enumerate(calls):
-        k = i // len(seeds)
+        k = i // (len(seeds) * per_model)  # models are fitted fold by fold
         held = {r for r, f in fold_of.items() if f == k}
         assert not (train_ids & held), f"fold {k}: validation rows in the training data"
         assert not (valid_ids & held), f"fold {k}: validation rows in the early-stopping data"
-        assert valid_ids, "early stopping should use an inner split"
-        # Inner split grouped by prompt: no group on both sides.
-        assert not ({group_of[r] for r in train_ids} & {group_of[r] for r in valid_ids})
         # Swap augmentation: every training row appears twice (both orders).
         assert n_rows == 2 * len(train_ids)
         assert train_ids | valid_ids == set(d["ids"]) - held
+        if refit and i % 2 == 1:
+            assert not valid_ids  # the refit sees all training rows, no inner split
+            continue
+        assert valid_ids, "early stopping should use an inner split"
+        # Inner split grouped by prompt: no group on both sides.
+        assert not ({group_of[r] for r in train_ids} & {group_of[r] for r in valid_ids})
 
 
 def test_without_early_stopping_fit_uses_all_training_rows(monkeypatch):
