@@ -15,6 +15,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import tempfile
 import time
@@ -24,6 +25,8 @@ from typing import Any, Callable, Iterator
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+log = logging.getLogger(__name__)
 
 CODE_VERSION = "0.1.0"
 
@@ -175,11 +178,17 @@ def read_parquet_checked(path: str | Path, expected_rows: int | None = None,
         return None
     try:
         df = pq.read_table(path).to_pandas()
-    except Exception:  # noqa: BLE001 - any read failure means "recompute"
+    except Exception as exc:  # noqa: BLE001 - any read failure means "recompute"
+        log.warning("cache file %s is unreadable (%s: %s): ignoring it, it will be recomputed",
+                    path, type(exc).__name__, exc)
         return None
     if expected_rows is not None and len(df) != expected_rows:
+        log.warning("cache file %s has %d rows, expected %d: ignoring it, it will be recomputed",
+                    path, len(df), expected_rows)
         return None
     if columns is not None and any(c not in df.columns for c in columns):
+        log.warning("cache file %s lacks column(s) %s: ignoring it, it will be recomputed", path,
+                    [c for c in columns if c not in df.columns])
         return None
     return df
 
