@@ -31,6 +31,16 @@ log = logging.getLogger(__name__)
 CODE_VERSION = "0.1.0"
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp creates files 0600; finished artifacts get the usual 0666 & ~umask.
+_FILE_MODE = 0o666 & ~_umask()
+
+
 class Catalog:
     """Paths of everything the pipeline reads and writes under one workdir."""
 
@@ -109,6 +119,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp_path, _FILE_MODE)
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
