@@ -14,10 +14,11 @@ in a temporary workdir:
 All three numbers are out-of-fold on the same five folds. Prints a table and writes it to
 bench/results/finetune.md.
 
-CPU cost (MiniLM, 2 busy cores): training sees each pair twice (swap augmentation) at
-about 3-5 sequences/s at 128 tokens, so one epoch over 4/5 of N rows takes ~N * 1.6 / 4 s
-per fold, ~2N s for five folds: pandalm (999 rows) ~35 min, hh-rlhf (2,307) ~80 min at
---max-length 128. Use --max-rows / --max-length / --quick on the CPU.
+CPU cost, measured on this 2-core machine while shared (MiniLM, batch 8-16 pairs):
+training runs at ~3.5 sequences/s at 48-128 tokens (optimiser steps included) and sees
+each pair twice (swap augmentation), so five folds of one epoch cost ~8N / 3.5 ~ 2.3N s
+for N rows, plus inference (~0.2N s): pandalm (999 rows) ~40 min, hh-rlhf (2,307) ~95 min.
+``--quick`` (120 rows per file, 48 tokens) took ~5 min per file. On a GPU use full lengths.
 
     python bench/finetune.py --quick                  # 120 rows per file, 48 tokens
     python bench/finetune.py --max-rows 400 --max-length 96
@@ -175,11 +176,13 @@ def main(argv: list[str] | None = None) -> int:
                   f"{'first ' + str(args.max_rows) + ' rows per file; ' if args.max_rows else ''}"
                   f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
                   f"{os.cpu_count()} CPU threads visible; {time.strftime('%Y-%m-%d %H:%M')}")
-    text = (f"# Fine-tuned member: five-fold OOF log loss\n\n{table}\n\n{conditions}\n\n"
+    command = "python bench/finetune.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    text = (f"# Fine-tuned member: five-fold OOF log loss\n\n`{command.strip()}`\n\n{table}\n\n"
+            f"{conditions}\n\n"
             "Fine-tuned OOF: the member's own out-of-fold logits. LightGBM / blend OOF: the "
             "stack's nested OOF log loss (blend weights fitted on the other folds) without / "
             "with the fine-tuned member. Peak memory: GPU max allocated, or the process max "
-            "RSS on the CPU (which includes the embedding and LightGBM stages run before).\n")
+            "RSS on the CPU (a process-wide peak: it includes earlier files' stages).\n")
     print("\n" + table + "\n\n" + conditions)
     write_text_atomic(args.out, text)
     print(f"written to {args.out}")
