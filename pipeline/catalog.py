@@ -144,7 +144,8 @@ def write_parquet_atomic(path: str | Path, table: "pd.DataFrame | pa.Table") -> 
     if isinstance(table, pd.DataFrame):
         table = pa.Table.from_pandas(table, preserve_index=False)
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
+        # Page CRCs: read_parquet_checked verifies them, so bit rot is detected, not read.
+        pq.write_table(table, tmp, write_page_checksum=True)
 
 
 def write_csv_atomic(path: str | Path, df: pd.DataFrame) -> None:
@@ -181,14 +182,15 @@ def read_parquet_checked(path: str | Path, expected_rows: int | None = None,
                          columns: list[str] | None = None) -> pd.DataFrame | None:
     """Read a cached Parquet file; None (never an exception) if missing, corrupt or short.
 
-    A cache file that fails to parse, lacks a column or has the wrong row count is treated
-    as absent so the caller recomputes it.
+    A cache file that fails to parse or its page checksums (write_parquet_atomic writes
+    them), lacks a column or has the wrong row count is logged as a warning and treated as
+    absent so the caller recomputes it.
     """
     path = Path(path)
     if not path.is_file():
         return None
     try:
-        df = pq.read_table(path).to_pandas()
+        df = pq.read_table(path, page_checksum_verification=True).to_pandas()
     except Exception as exc:  # noqa: BLE001 - any read failure means "recompute"
         log.warning("cache file %s is unreadable (%s: %s): ignoring it, it will be recomputed",
                     path, type(exc).__name__, exc)
