@@ -121,7 +121,13 @@ def main(argv: list[str] | None = None) -> int:
         t_all = time.perf_counter()
         if args.stage not in ("predict", "report"):
             ctx.dataset  # validate the inputs before any stage starts writing
-        for stage in stages_for(args.stage, ctx.config.finetune.in_all):
+        in_all = ctx.config.finetune.in_all
+        if args.stage == "all" and in_all is None:
+            in_all = ctx.device.startswith("cuda")
+            if not in_all:
+                log.info("finetune: skipped in --stage all on the CPU (slow); run --stage "
+                         "finetune, or set finetune.in_all: true, to add it to the blend")
+        for stage in stages_for(args.stage, bool(in_all)):
             t0 = time.perf_counter()
             log.info("== stage %s: %s", stage.name, stage.help)
             stage.load()(ctx)

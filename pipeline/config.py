@@ -141,6 +141,9 @@ class FinetuneConfig:
     precision: str = "auto"
     # Recompute activations in the backward pass (less GPU memory, slower).
     gradient_checkpointing: bool = False
+    # Keep the input token embeddings frozen (full fine-tuning only): on MiniLM they are
+    # half of the weights, so a CPU step gets much cheaper for little loss of quality.
+    freeze_embeddings: bool = False
     # One model per seed and fold; their logits are averaged.
     seeds: tuple[int, ...] = (0,)
     # LoRA adapters through peft instead of full fine-tuning.
@@ -158,8 +161,8 @@ class FinetuneConfig:
     folds: tuple[int, ...] | None = None
     # Use only the first N training rows (quick runs); None = all.
     max_rows: int | None = None
-    # Run the stage as part of --stage all.
-    in_all: bool = False
+    # Run the stage as part of --stage all; None = only when the device is a GPU.
+    in_all: bool | None = None
     # Sequences per inference batch; never part of a cache key.
     eval_batch_size: int = 32
 

@@ -442,6 +442,8 @@ def _train_fold(plan: Plan, k: int, packed: dict, pad_id: int, device: str) -> N
         model = build_classifier(model_spec(cfg), base_dtype=amp_dtype, pad_token_id=pad_id)
         if cfg.gradient_checkpointing:
             model.enable_gradient_checkpointing()
+        if cfg.freeze_embeddings and not cfg.lora:
+            model.backbone.get_input_embeddings().requires_grad_(False)
         model.to(device)
         stats = train_model(model, [fwd[i] for i in tr], [swp[i] for i in tr], labels[tr], cfg,
                             pad_id, device, seed, desc=f"fold {k} seed {seed}")

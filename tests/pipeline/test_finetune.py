@@ -135,11 +135,31 @@ def test_cache_key_follows_what_changes_logits():
     base = FinetuneConfig()
     key = FT.key_config(base)
     for change in ({"lr": 1e-4}, {"max_length": 128}, {"head": "cnn"}, {"lora": True},
-                   {"seeds": (0, 1)}, {"swap_augment": False}):
+                   {"seeds": (0, 1)}, {"swap_augment": False}, {"freeze_embeddings": True}):
         assert FT.key_config(FinetuneConfig(**change)) != key, change
     for same in ({"eval_batch_size": 4}, {"folds": (0,)}, {"gradient_checkpointing": True},
                  {"in_all": True}, {"model": "bundled"}):
         assert FT.key_config(FinetuneConfig(**same)) == key, same
+
+
+def test_freeze_embeddings_trains_everything_but_the_token_embeddings(tmp_path, tiny_model):
+    ctx = _ctx(tmp_path, tiny_model, freeze_embeddings=True, folds=[0])
+    seen = {}
+    real = FT.train_model
+
+    def spy(model, *a, **k):
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        out = real(model, *a, **k)
+        seen.update({n: bool((p.detach() != before[n]).any()) for n, p in model.named_parameters()})
+        return out
+
+    import pytest as _pytest
+    with _pytest.MonkeyPatch.context() as mp:
+        mp.setattr(FT, "train_model", spy)
+        FT.run_stage(ctx)
+    emb = [n for n in seen if "word_embeddings" in n]
+    assert emb and not any(seen[n] for n in emb)
+    assert any(changed for n, changed in seen.items() if "encoder" in n)
 
 
 def test_bad_settings_name_the_field():
