@@ -3,6 +3,7 @@ killing it part-way, snapshots of files, corrupting caches, and reading artifact
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -221,3 +222,20 @@ def assert_same_run(got: Path, want: Path) -> None:
     assert (got / "submission.csv").read_bytes() == (want / "submission.csv").read_bytes()
     pd.testing.assert_frame_equal(pd.read_parquet(got / "oof.parquet"),
                                   pd.read_parquet(want / "oof.parquet"), check_exact=True)
+
+
+def flock_waiters(path: Path) -> int:
+    """How many processes are blocked waiting for an flock on ``path`` (from /proc/locks)."""
+    inode = path.stat().st_ino
+    waiting = 0
+    # A waiter's line: "1: -> FLOCK  ADVISORY  WRITE <pid> <major>:<minor>:<inode> 0 EOF".
+    for line in Path("/proc/locks").read_text().splitlines():
+        fields = line.split()
+        if "->" in fields and any(re.fullmatch(rf"\w+:\w+:{inode}", f) for f in fields):
+            waiting += 1
+    return waiting
+
+
+def computed_texts(log: str) -> int:
+    """Texts a run's log says it embedded (the embed stage's and features' own lines)."""
+    return sum(int(m) for m in re.findall(r"unique(?: texts)?: \d+ cached, (\d+) computed", log))
