@@ -24,6 +24,7 @@ file; PandaLM blend <= 0.50 (prior 0.955), HH-RLHF harmless <= 0.66 (prior 0.693
 
     python bench/quality.py                 # both files (embedding ~3 min on 2 CPU cores)
     python bench/quality.py --limit 300     # quick check on 300 rows per file
+    python bench/quality.py --finetune      # also fine-tune (GPU) and blend it in
 """
 from __future__ import annotations
 
@@ -68,7 +69,8 @@ def split_file(path: Path, out_dir: Path, limit: int | None, seed: int) -> tuple
     return train_path, test_path, df[test_rows].reset_index(drop=True)
 
 
-def run_file(path: Path, workdir: Path, limit: int | None, base_cfg, seed: int) -> dict:
+def run_file(path: Path, workdir: Path, limit: int | None, base_cfg, seed: int,
+             finetune: bool = False) -> dict:
     """The pipeline on one file; returns the row of the results table."""
     stem = path.stem
     data_dir = workdir / "bench_data" / (stem + (f"-limit{limit}" if limit else ""))
@@ -78,7 +80,8 @@ def run_file(path: Path, workdir: Path, limit: int | None, base_cfg, seed: int) 
     ctx = RunContext(config=cfg, catalog=Catalog(workdir), train_path=train_path,
                      test_path=test_path, device_request=cfg.device)
     t0 = time.perf_counter()
-    for name in ("embed", "features", "stack"):
+    stages = ("embed", "features") + (("finetune",) if finetune else ()) + ("stack",)
+    for name in stages:
         STAGES[name].load()(ctx)
     elapsed = time.perf_counter() - t0
     m = read_json(ctx.run_dir / "metrics.json")
@@ -150,6 +153,8 @@ def main(argv=None) -> int:
     p.add_argument("--config", type=Path, default=None, help="experiment YAML to start from")
     p.add_argument("--seed", type=int, default=0, help="seed of the held-out split")
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--finetune", action="store_true",
+                   help="also run --stage finetune on each file (GPU advised) so the blend includes it")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
@@ -159,7 +164,7 @@ def main(argv=None) -> int:
     if not files:
         raise SystemExit(f"no CSV files in {args.data}: pass --data DIR")
     base = load_config(args.config)
-    rows = [run_file(f, args.workdir, args.limit, base, args.seed) for f in files]
+    rows = [run_file(f, args.workdir, args.limit, base, args.seed, args.finetune) for f in files]
     text = table(rows, args.limit)
     print(text)
     if args.out:
