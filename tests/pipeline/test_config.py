@@ -68,3 +68,12 @@ def test_cli_flags_override_the_file(tmp_path):
     assert ctx.config.finetune.folds == (0, 2)
     assert ctx.config.finetune.max_rows == 50
     assert ctx.train_path == tmp_path / "raw" / "train.csv"
+
+
+def test_shipped_experiment_files_load():
+    from pathlib import Path
+
+    files = sorted((Path(__file__).resolve().parents[2] / "experiments").glob("*.yaml"))
+    assert files
+    for path in files:
+        assert load_config(path).name == path.stem
