@@ -352,6 +352,9 @@ class EmbeddingCache:
         if self.folder.is_dir():
             for tmp in self.folder.glob(".chunk-*.tmp"):
                 tmp.unlink(missing_ok=True)
+        # A kill while the provenance JSON beside the folder was being written.
+        for tmp in self.folder.parent.glob(f".{self.provenance.name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- encoding

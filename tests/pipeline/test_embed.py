@@ -210,8 +210,10 @@ def test_stale_temp_file_of_a_killed_writer_is_removed_and_ignored(tmp_path):
     folder.mkdir()
     stale = folder / ".chunk-0123456789abcdef-3.parquet.abc.tmp"
     stale.write_bytes(b"half a file")
+    stale_json = tmp_path / ".c.json.xyz.tmp"  # killed while writing the provenance beside it
+    stale_json.write_text("{")
     _, stats = embed_texts(EmbeddingCache(folder), _texts(3), CountingEncoder, 2, progress=False)
-    assert stats.computed == 3 and not stale.exists()
+    assert stats.computed == 3 and not stale.exists() and not stale_json.exists()
 
 
 # --------------------------------------------------------------------------- corruption
