@@ -15,7 +15,6 @@ LightGBM parameters, seeds and swap settings, so changing one member recomputes 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import shutil

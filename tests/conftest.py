@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+import types
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -49,3 +52,37 @@ def tiny_csvs(tmp_path):
     make_rows(12).to_csv(train, index=False)
     make_rows(5, with_labels=False, start_id=100).drop(columns=["model_a", "model_b"]).to_csv(test, index=False)
     return train, test
+
+
+def save_tiny_bert(folder: Path) -> str:
+    """Save a seeded 2-layer, 32-dim BERT with the bundled model's tokenizer to ``folder``.
+
+    Loads in milliseconds, so tests of training and caching stay fast; any local model
+    path is a supported model setting. Returns: the folder as a string.
+    """
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from pipeline.models import resolve_model_path
+
+    tok = AutoTokenizer.from_pretrained(resolve_model_path("all-MiniLM-L6-v2"))
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2,
+                     num_attention_heads=2, intermediate_size=64, max_position_embeddings=128)
+    BertModel(cfg).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return str(folder)
+
+
+def install_fake_features(monkeypatch, feats_of, swap_features) -> None:
+    """Replace pipeline.featurize / features.swap by stand-ins built on ``feats_of(frame)``
+    and ``swap_features(df)``, per the features contract (no encoder is loaded)."""
+    featurize = types.ModuleType("pipeline.featurize")
+    featurize.load_features = lambda ctx, groups=None: (feats_of(ctx.dataset.train),
+                                                        feats_of(ctx.dataset.test))
+    featurize.features_for = lambda ctx, frame: feats_of(frame)
+    swap = types.ModuleType("features.swap")
+    swap.swap_features = swap_features
+    swap.column_group = lambda col: col.split("__", 1)[0]
+    monkeypatch.setitem(sys.modules, "pipeline.featurize", featurize)
+    monkeypatch.setitem(sys.modules, "features.swap", swap)

@@ -16,6 +16,8 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from tests.conftest import save_tiny_bert
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -26,25 +28,15 @@ def make_tiny_models(folder: Path) -> tuple[str, str]:
     """(sentence-transformer folder, BERT folder) of a seeded 2-layer, 32-dim BERT with the
     bundled MiniLM tokenizer: loads in milliseconds, so the fault tests stay fast; any
     local model path is a supported model setting."""
-    import torch
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer import modules as st_models
-    from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from pipeline.models import resolve_model_path
-
-    bert = folder / "tiny-bert"
+    bert = save_tiny_bert(folder / "tiny-bert")
     st_dir = folder / "tiny-st"
-    tok = AutoTokenizer.from_pretrained(resolve_model_path("all-MiniLM-L6-v2"))
-    torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2,
-                     num_attention_heads=2, intermediate_size=64, max_position_embeddings=128)
-    BertModel(cfg).save_pretrained(bert)
-    tok.save_pretrained(bert)
-    word = st_models.Transformer(str(bert), max_seq_length=64)
+    word = st_models.Transformer(bert, max_seq_length=64)
     pool = st_models.Pooling(word.get_embedding_dimension(), pooling_mode="mean")
     SentenceTransformer(modules=[word, pool, st_models.Normalize()], device="cpu").save(str(st_dir))
-    return str(st_dir), str(bert)
+    return str(st_dir), bert
 
 
 # ----------------------------------------------------------------------------- running

@@ -25,7 +25,7 @@ import pytest
 
 import pipeline.embed as E
 from pipeline.catalog import Catalog, hash_texts
-from pipeline.data import join_turns, load_pairs
+from pipeline.data import load_pairs
 from pipeline.demo import make_demo
 from pipeline.folds import load_or_make_folds
 from tests import faultutil as fu

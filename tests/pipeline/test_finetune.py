@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
-import types
 
 import numpy as np
 import pandas as pd
@@ -24,7 +22,7 @@ from pipeline.context import RunContext
 from pipeline.data import load_pairs, swap_proba
 from pipeline.folds import load_or_make_folds
 from pipeline.heads import ModelSpec, build_classifier, load_classifier, save_weights
-from tests.conftest import make_rows
+from tests.conftest import install_fake_features, make_rows, save_tiny_bert
 
 FAST = {"max_length": 48, "batch_size": 4, "epochs": 1.0, "eval_batch_size": 16,
         "head_lr": 1e-3, "warmup_ratio": 0.0}
@@ -33,18 +31,7 @@ FAST = {"max_length": 48, "batch_size": 4, "epochs": 1.0, "eval_batch_size": 16,
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
     """Folder of a seeded 2-layer, 32-dim BERT with the bundled model's tokenizer."""
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    from pipeline.models import resolve_model_path
-
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    tok = AutoTokenizer.from_pretrained(resolve_model_path("all-MiniLM-L6-v2"))
-    torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2,
-                     num_attention_heads=2, intermediate_size=64, max_position_embeddings=128)
-    BertModel(cfg).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return str(folder)
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
 
 
 @pytest.fixture(scope="module")
@@ -325,14 +312,7 @@ def _fake_features(monkeypatch):
                             "length__b_chars": df["length__a_chars"],
                             "length__diff_chars": -df["length__diff_chars"]})
 
-    featurize = types.ModuleType("pipeline.featurize")
-    featurize.load_features = lambda ctx, groups=None: (feats_of(ctx.dataset.train), feats_of(ctx.dataset.test))
-    featurize.features_for = lambda ctx, frame: feats_of(frame)
-    swap_mod = types.ModuleType("features.swap")
-    swap_mod.swap_features = swap
-    swap_mod.column_group = lambda col: col.split("__", 1)[0]
-    monkeypatch.setitem(sys.modules, "pipeline.featurize", featurize)
-    monkeypatch.setitem(sys.modules, "features.swap", swap_mod)
+    install_fake_features(monkeypatch, feats_of, swap)
 
 
 def test_stack_blend_picks_the_member_up(tmp_path, tiny_model, monkeypatch):

@@ -14,7 +14,7 @@ from pipeline.catalog import Catalog
 from pipeline.config import Config, apply_overrides
 from pipeline.context import RunContext
 from pipeline.data import swap_proba
-from tests.conftest import make_rows
+from tests.conftest import install_fake_features, make_rows
 
 FAST = {"min_data_in_leaf": 3, "num_leaves": 7, "learning_rate": 0.2, "num_threads": 1}
 
@@ -195,15 +195,7 @@ def _fake_feature_modules(monkeypatch, finetune: bool = False):
                              "length__b_chars": lb, "length__diff_chars": la - lb,
                              "structure__p_prompt": lp})
 
-    featurize = types.ModuleType("pipeline.featurize")
-    featurize.load_features = lambda ctx, groups=None: (feats_of(ctx.dataset.train),
-                                                        feats_of(ctx.dataset.test))
-    featurize.features_for = lambda ctx, frame: feats_of(frame)
-    swap = types.ModuleType("features.swap")
-    swap.swap_features = synth_swap
-    swap.column_group = lambda col: col.split("__", 1)[0]
-    monkeypatch.setitem(sys.modules, "pipeline.featurize", featurize)
-    monkeypatch.setitem(sys.modules, "features.swap", swap)
+    install_fake_features(monkeypatch, feats_of, synth_swap)
     ft = types.ModuleType("pipeline.finetune")
     if finetune:
         def logits_of(frame, labels=None):
