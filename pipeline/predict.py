@@ -38,11 +38,22 @@ def lgbm_member_proba(models_dir: Path, member: dict, X: np.ndarray,
     """Mean probability [n, 3] over a member's saved boosters (swap TTA when X_swapped)."""
     import lightgbm as lgb
 
-    from pipeline.stack import predict_tta
+    from pipeline.stack import predict_tta, text_digest
 
     total = np.zeros((len(X), 3))
+    digests = member.get("booster_sha256", {})
     for rel in member["boosters"]:
-        booster = lgb.Booster(model_file=str(models_dir / rel))
+        path = models_dir / rel
+        try:
+            text = path.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise DataError(f"{path}: cannot read the saved booster ({exc}); rerun --stage "
+                            "stack for this experiment") from exc
+        if rel in digests and text_digest(text) != digests[rel]:
+            raise DataError(f"{path} does not match the SHA-256 recorded in "
+                            f"{models_dir / 'manifest.json'} (truncated or edited); rerun "
+                            "--stage stack for this experiment")
+        booster = lgb.Booster(model_str=text)
         total += predict_tta(booster, X, X_swapped)
     return total / len(member["boosters"])
 

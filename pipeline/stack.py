@@ -263,6 +263,11 @@ def array_hash(*arrays: np.ndarray) -> str:
     return h.hexdigest()[:16]
 
 
+def text_digest(text: str) -> str:
+    """SHA-256 of a booster's model text (UTF-8): detects truncated or edited files."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 # ---------------------------------------------------------------- member cache (disk)
 
 def _member_dir(catalog, name: str, key: str) -> Path:
@@ -280,13 +285,14 @@ def _save_member(path: Path, fit: MemberFit, train_ids, folds, test_ids, meta: d
     write_parquet_atomic(path / "test.parquet", test)
     write_parquet_atomic(path / "importance.parquet",
                          pd.DataFrame({"feature": fit.importance.index, "gain": fit.importance.values}))
-    files = {}
+    files, digests = {}, {}
     for (k, s), text in fit.models.items():
         fname = f"fold{k}_seed{s}.txt"
         write_text_atomic(path / "models" / fname, text)
         files[f"{k},{s}"] = fname
+        digests[fname] = text_digest(text)
     write_json_atomic(path / "meta.json", {
-        **meta, "models": files, "code_version": CODE_VERSION,
+        **meta, "models": files, "model_sha256": digests, "code_version": CODE_VERSION,
         "best_iterations": {f"{k},{s}": v for (k, s), v in fit.best_iterations.items()},
         "inner_scores": {f"{k},{s}": v for (k, s), v in fit.inner_scores.items()},
         "written_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
@@ -304,9 +310,15 @@ def _load_member(path: Path, n_train: int, n_test: int) -> MemberFit | None:
         if oof is None or test is None or imp is None:
             return None
         models = {}
+        digests = meta.get("model_sha256", {})
         for ks, fname in meta["models"].items():
             k, s = map(int, ks.split(","))
-            models[(k, s)] = (path / "models" / fname).read_text(encoding="utf-8")
+            text = (path / "models" / fname).read_text(encoding="utf-8")
+            if fname in digests and text_digest(text) != digests[fname]:
+                log.warning("stack cache: %s does not match the digest in its meta.json "
+                            "(truncated or edited); refitting the member", path / "models" / fname)
+                return None
+            models[(k, s)] = text
         best = {tuple(map(int, ks.split(","))): v for ks, v in meta["best_iterations"].items()}
         inner = {tuple(map(int, ks.split(","))): v for ks, v in meta.get("inner_scores", {}).items()}
     except (OSError, KeyError, ValueError):
@@ -597,12 +609,14 @@ def _save_models(run_dir: Path, fits: dict[str, MemberFit], member_cols: dict[st
         shutil.rmtree(models_dir)
     members = {}
     for name, fit in fits.items():
-        files = []
+        files, digests = [], {}
         for (k, s), text in sorted(fit.models.items()):
             rel = f"{name}/fold{k}_seed{s}.txt"
             write_text_atomic(models_dir / rel, text)
             files.append(rel)
+            digests[rel] = text_digest(text)
         members[name] = {"kind": "lgbm", "columns": member_cols[name], "boosters": files,
+                         "booster_sha256": digests,
                          "groups": member_spec(name, ctx.config.stack.members[name])[0]}
     if ft is not None:
         members[ft[0]] = {"kind": "finetune", "model_dir": ft[3]}

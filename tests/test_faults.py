@@ -255,6 +255,31 @@ def test_corrupt_caches_are_detected_warned_and_recomputed(env, ref, tmp_path, c
     fu.assert_same_run(workdir / "runs" / "exp", ref / "runs" / "exp")
 
 
+def test_truncated_booster_is_refitted_in_the_cache_and_refused_by_predict(env, ref, tmp_path, caplog):
+    from pipeline.cli import main
+
+    workdir = fu.copy_workdir(ref, tmp_path / "w")
+    (booster,) = (workdir / "cache" / "stack").glob("lgbm_text-*/models/fold1_seed0.txt")
+    fu.truncate(booster)
+    caplog.set_level(logging.INFO)
+    fu.run_inprocess(args(env, workdir, "stack"))
+    warnings = "\n".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert str(booster) in warnings
+    assert "member lgbm_text (" in caplog.text and "fitted" in caplog.text  # refitted
+    assert "stack: member lgbm_all read from cache" in caplog.text  # the others were not
+    assert booster.read_text() == (ref / booster.relative_to(workdir)).read_text()
+    fu.assert_same_run(workdir / "runs" / "exp", ref / "runs" / "exp")
+
+    # A saved run's booster cut short: predict refuses it by name and writes nothing.
+    saved = workdir / "runs" / "exp" / "models" / "lgbm_all" / "fold0_seed0.txt"
+    fu.truncate(saved)
+    before = fu.snapshot(workdir / "runs")
+    caplog.clear()
+    assert main(args(env, workdir, "predict") + ["--run", "exp"]) == 2
+    assert str(saved) in caplog.text and "SHA-256" in caplog.text
+    assert fu.snapshot(workdir / "runs") == before
+
+
 def test_bit_rot_in_a_cached_parquet_is_never_read_silently(env, ref, tmp_path, caplog):
     """Every single-byte flip inside the column chunks of a feature file: the checked read
     gives the original frame or None with a warning - never other values. (Without page
