@@ -1,7 +1,8 @@
 """Overlap features: prompt-to-response and response-to-response word / n-gram overlap.
 
 Words are lower-cased with punctuation removed (TextView.words); n-grams are bigrams of
-those words. Set ratios with an empty denominator are 0 (an empty text overlaps
+those words. Set and intersection sizes are computed for all rows at once on integer
+word codes (features.segments). Set ratios with an empty denominator are 0 (an empty text overlaps
 nothing), so no NaN can appear; ``p_identical`` is 1 when the two responses' texts are
 equal after stripping whitespace (two empty responses are identical).
 """
@@ -13,21 +14,22 @@ import numpy as np
 import pandas as pd
 import pyarrow.compute as pc
 
-from features.text import TextView
-from features.views import feature_frame, pair_views
+from features import segments
+from features.text import RowSets, TextView
+from features.views import feature_frame, pair_views, safe_div
 
 GROUP = "overlap"
 VERSION = 1
 
 
-def _ratio(num: int, den: int) -> float:
-    return num / den if den else 0.0
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    return safe_div(num, den)
 
 
-def _set_stats(p: set, r: set) -> tuple[float, float, float]:
-    """(share of the prompt's items in r, share of r's items in the prompt, Jaccard)."""
-    inter = len(p & r)
-    return _ratio(inter, len(p)), _ratio(inter, len(r)), _ratio(inter, len(p) + len(r) - inter)
+def _set_stats(n_p: np.ndarray, n_r: np.ndarray, inter: np.ndarray) -> list[np.ndarray]:
+    """[share of the prompt's items in r, share of r's items in the prompt, Jaccard] per row,
+    from the set sizes and the intersection size."""
+    return [_ratio(inter, n_p), _ratio(inter, n_r), _ratio(inter, n_p + n_r - inter)]
 
 
 def overlap_features(view: TextView, ids: Sequence[str]) -> pd.DataFrame:
@@ -42,27 +44,30 @@ def overlap_features(view: TextView, ids: Sequence[str]) -> pd.DataFrame:
         overlap__p_jac_ab_w, p_jac_ab_2   Jaccard of A and B word / bigram sets
         overlap__p_identical              1 if A and B are the same text (stripped)
     """
-    words, sets = view.words, view.word_sets
     n = view.n
-    names = ("pcov_w", "rcov_w", "jac_w", "pcov_2", "rcov_2", "jac_2", "in_other_w")
-    out = {role: np.zeros((n, len(names)), dtype=np.float64) for role in ("a", "b")}
-    jac_ab = np.zeros((n, 2), dtype=np.float64)
-    for i in range(n):
-        pw, aw, bw = words["p"][i], words["a"][i], words["b"][i]
-        ps, as_, bs = sets["p"][i], sets["a"][i], sets["b"][i]
-        p2, a2, b2 = set(zip(pw, pw[1:])), set(zip(aw, aw[1:])), set(zip(bw, bw[1:]))
-        for role, rs, r2, other in (("a", as_, a2, bs), ("b", bs, b2, as_)):
-            row = out[role][i]
-            row[0:3] = _set_stats(ps, rs)
-            row[3:6] = _set_stats(p2, r2)
-            row[6] = _ratio(len(rs & other), len(rs))
-        jac_ab[i, 0] = _set_stats(as_, bs)[2]
-        jac_ab[i, 1] = _set_stats(a2, b2)[2]
+    words = view.word_sets
+    grams, size = segments.ngrams(list(view.words.seqs.values()), view.words.size, 2)
+    keys, key_size = segments.row_sets(grams, size)
+    bigrams = RowSets(dict(zip(view.words.seqs, keys)), key_size)
+    stats = {}
+    for kind, sets in (("w", words), ("2", bigrams)):
+        sizes = {r: segments.set_sizes(k, sets.size, n) for r, k in sets.keys.items()}
+        inter = {pair: segments.intersection_sizes(sets.keys[pair[0]], sets.keys[pair[1]],
+                                                   sets.size, n)
+                 for pair in ("pa", "pb", "ab")}
+        for role in ("a", "b"):
+            stats[role, kind] = _set_stats(sizes["p"], sizes[role], inter["p" + role])
+            if kind == "w":
+                stats[role, "other"] = _ratio(inter["ab"], sizes[role])
+        stats["ab", kind] = _set_stats(sizes["a"], sizes["b"], inter["ab"])[2]
+    per_role = {role: dict(zip(("pcov_w", "rcov_w", "jac_w"), stats[role, "w"]))
+                | dict(zip(("pcov_2", "rcov_2", "jac_2"), stats[role, "2"]))
+                | {"in_other_w": stats[role, "other"]} for role in ("a", "b")}
     cols: dict[str, np.ndarray] = {}
-    for j, feature in enumerate(names):
-        cols.update(pair_views(GROUP, feature, out["a"][:, j], out["b"][:, j]))
-    cols[f"{GROUP}__p_jac_ab_w"] = jac_ab[:, 0]
-    cols[f"{GROUP}__p_jac_ab_2"] = jac_ab[:, 1]
+    for feature in per_role["a"]:
+        cols.update(pair_views(GROUP, feature, per_role["a"][feature], per_role["b"][feature]))
+    cols[f"{GROUP}__p_jac_ab_w"] = stats["ab", "w"]
+    cols[f"{GROUP}__p_jac_ab_2"] = stats["ab", "2"]
     same = pc.equal(view.stripped["a"], view.stripped["b"]).to_numpy(zero_copy_only=False)
     cols[f"{GROUP}__p_identical"] = np.asarray(same, dtype=np.float64)
     return feature_frame(ids, cols)

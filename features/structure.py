@@ -2,8 +2,9 @@
 
 Per text (prompt -> ``p``; responses -> ``a``/``b`` plus diff, [lr], sum, min, max,
 absdiff). Counts come from Arrow regexes over whole columns; diversity and repetition
-are cheap per-text set operations over the shared word lists. Empty or null texts give
-0 for every count and ratio (ratios use a denominator of 0 -> 0), and ``empty`` = 1.
+are per-row set sizes over the shared word codes (features.segments), all rows at once.
+Empty or null texts give 0 for every count and ratio (ratios use a denominator of 0 ->
+0), and ``empty`` = 1.
 """
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from features.text import TextView, count, lengths
+from features import segments
+from features.text import RowSets, TextView, count, lengths, nonempty_items
 from features.views import feature_frame, pair_views, safe_div
 
 GROUP = "structure"
@@ -59,33 +61,50 @@ _LOG_RATIO = {"bullets", "numbered", "bold", "numbers", "digits", "questions", "
               "colons", "code_blocks", "headers", "table_rows", "caps_runs"}
 
 
-def _repeated_fraction(n_items: int, n_unique: int) -> float:
-    """Share of items that repeat an earlier one (0 for fewer than 2 items)."""
-    return 1.0 - n_unique / n_items if n_items > 1 else 0.0
+def _repeated_fraction(n_items: np.ndarray, n_unique: np.ndarray) -> np.ndarray:
+    """Share of items that repeat an earlier one, per text (0 for fewer than 2 items)."""
+    many = n_items > 1
+    return np.where(many, 1.0 - n_unique / np.where(many, n_items, 1), 0.0)
 
 
-def _per_text(arr: pa.Array, stripped: pa.Array, words: list[list[str]],
-              word_sets: list[set[str]]) -> dict[str, np.ndarray]:
+def _line_sets(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """(non-empty stripped lines, distinct ones) per text, float64 [n] each."""
+    split = pc.split_pattern(arr, "\n")
+    # utf8_trim_whitespace strips the same characters as str.strip (tests/features).
+    lists = pa.ListArray.from_arrays(split.offsets, pc.utf8_trim_whitespace(pc.list_flatten(split)))
+    offsets, lines = nonempty_items(lists)
+    enc = pc.dictionary_encode(lines)
+    codes = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    (keys,), size = segments.row_sets([(offsets, codes)], max(len(enc.dictionary), 1))
+    n_unique = segments.set_sizes(keys, size, len(arr))
+    return np.diff(offsets).astype(np.float64), n_unique.astype(np.float64)
+
+
+def _per_text(view: TextView, role: str, trigram_sets: RowSets) -> dict[str, np.ndarray]:
+    arr, stripped = view.text[role], view.stripped[role]
     nl, empty = pa.scalar("\n", arr.type), pa.scalar("", arr.type)
     lined = pc.binary_join_element_wise(nl, arr, empty)  # "\n" + text: see COUNT_PATTERNS
     out = {name: count(lined, pat) for name, pat in COUNT_PATTERNS.items()}
     out["code_blocks"] = np.ceil(count(arr, "```", regex=False) / 2)  # an unclosed fence opens one
     out["refusal_flag"] = (out["refusal"] > 0).astype(np.float64)
-    n_words = np.fromiter((len(w) for w in words), dtype=np.float64, count=len(words))
-    unique = np.fromiter((len(s) for s in word_sets), dtype=np.float64, count=len(words))
+    n_words = np.diff(view.words.seqs[role][0]).astype(np.float64)
+    unique = segments.set_sizes(view.word_sets.keys[role], view.word_sets.size, view.n)
     out["lexdiv"] = safe_div(unique, n_words)
-    out["rep_trigram"] = np.fromiter(
-        (_repeated_fraction(len(w) - 2, len(set(zip(w, w[1:], w[2:])))) for w in words),
-        dtype=np.float64, count=len(words))
-    lines = [[ln for ln in map(str.strip, t.split("\n")) if ln] for t in arr.to_pylist()]
-    out["rep_lines"] = np.fromiter((_repeated_fraction(len(x), len(set(x))) for x in lines),
-                                   dtype=np.float64, count=len(lines))
+    out["rep_trigram"] = _repeated_fraction(
+        n_words - 2, segments.set_sizes(trigram_sets.keys[role], trigram_sets.size, view.n))
+    out["rep_lines"] = _repeated_fraction(*_line_sets(arr))
     out["empty"] = (lengths(stripped) == 0).astype(np.float64)
     chars = lengths(arr)
     out["digits"] = count(arr, r"[0-9]")
     out["digit_share"] = safe_div(out["digits"], chars)
     out["upper_share"] = safe_div(count(arr, r"[A-Z]"), chars)
     return out
+
+
+def _trigram_sets(view: TextView) -> RowSets:
+    grams, size = segments.ngrams(list(view.words.seqs.values()), view.words.size, 3)
+    keys, key_size = segments.row_sets(grams, size)
+    return RowSets(dict(zip(view.words.seqs, keys)), key_size)
 
 
 def structure_features(view: TextView, ids: Sequence[str]) -> pd.DataFrame:
@@ -98,8 +117,8 @@ def structure_features(view: TextView, ids: Sequence[str]) -> pd.DataFrame:
     and rep_lines (share of repeated word trigrams / non-empty lines), empty, digit_share,
     upper_share. ``lr`` only for the counts in _LOG_RATIO.
     """
-    per_role = {role: _per_text(view.text[role], view.stripped[role], view.words[role],
-                                view.word_sets[role]) for role in ("p", "a", "b")}
+    trigrams = _trigram_sets(view)
+    per_role = {role: _per_text(view, role, trigrams) for role in ("p", "a", "b")}
     cols: dict[str, np.ndarray] = {}
     for feature, values in per_role["p"].items():
         cols[f"{GROUP}__p_{feature}"] = values

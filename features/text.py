@@ -7,6 +7,7 @@ expensive step once. It only reads the frame it is given.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
@@ -14,12 +15,20 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from features import segments
+from features.segments import Segmented
+
 ROLES_TEXT = {"p": "prompt", "a": "response_a", "b": "response_b"}
 TURN_SEP = "\n\n"
 _SURROGATE = re.compile("[\ud800-\udfff]")
 # Punctuation (ASCII and typographic quotes, dashes, ellipsis) becomes a space, so
 # "Python." and "python" are one word. RE2 syntax (Arrow): \x{...} is a code point.
 _PUNCT = r"[[:punct:]\x{2010}-\x{201F}\x{2026}]+"
+# Chunks are cut at ASCII whitespace, where str.split and every whitespace-splitting
+# tokenizer split too. Two exceptions are flagged per text rather than handled: RE2's
+# \s (the ``words`` count) does not include \v, and BERT's normaliser deletes \v and \f
+# (control characters) instead of splitting there.
+_ODD_SPACE = "[\v\f]"
 
 
 def count(arr: pa.Array, pattern: str, regex: bool = True) -> np.ndarray:
@@ -31,6 +40,77 @@ def count(arr: pa.Array, pattern: str, regex: bool = True) -> np.ndarray:
 def lengths(arr: pa.Array) -> np.ndarray:
     """Characters (code points) of each text -> float64 [n]."""
     return np.asarray(pc.utf8_length(arr).to_numpy(zero_copy_only=False), dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class Chunks:
+    """Texts cut at ASCII whitespace into chunks, the distinct chunks listed once.
+
+    Attributes:
+        dictionary  Arrow large_string array of the distinct chunks ("" included when a
+                    text starts or ends with whitespace or is empty)
+        codes       int64 [n_chunks]: every chunk, text after text -> its dictionary index
+        offsets     int64 [n_texts + 1]: text i's chunks are codes[offsets[i]:offsets[i+1]]
+        plain       bool [n_texts]: the text holds no \\v or \\f (see _ODD_SPACE)
+    """
+
+    dictionary: pa.Array
+    codes: np.ndarray
+    offsets: np.ndarray
+    plain: np.ndarray
+
+    def sums(self, per_chunk: np.ndarray) -> np.ndarray:
+        """Per distinct chunk values [len(dictionary)] -> their sum over each text [n_texts]."""
+        return segments.segment_sums(self.offsets, np.asarray(per_chunk)[self.codes])
+
+
+def whitespace_chunks(arr: pa.Array) -> Chunks:
+    """Cut texts (Arrow string array without nulls) at ASCII whitespace -> Chunks."""
+    arr = arr.cast(pa.large_string()) if arr.type != pa.large_string() else arr
+    split = pc.ascii_split_whitespace(arr)
+    enc = pc.dictionary_encode(pc.list_flatten(split))
+    plain = ~np.asarray(pc.match_substring_regex(arr, _ODD_SPACE).to_numpy(zero_copy_only=False),
+                        dtype=bool)
+    return Chunks(dictionary=enc.dictionary,
+                  codes=enc.indices.to_numpy(zero_copy_only=False).astype(np.int64),
+                  offsets=split.offsets.to_numpy().astype(np.int64), plain=plain)
+
+
+def chunk_words(chunks: pa.Array) -> tuple[np.ndarray, pa.Array]:
+    """Words of each distinct chunk: lower-cased, punctuation becomes a space, split.
+
+    Returns: (offsets int64 [len(chunks) + 1], flat Arrow array of the words).
+    """
+    norm = pc.replace_substring_regex(pc.utf8_lower(chunks), _PUNCT, " ")
+    # Unlike str.split, Arrow keeps an empty string for leading / trailing whitespace.
+    return nonempty_items(pc.utf8_split_whitespace(norm))
+
+
+def nonempty_items(lists: pa.Array) -> tuple[np.ndarray, pa.Array]:
+    """An Arrow list<string> array [n] -> (offsets int64 [n + 1], its non-empty strings, flat)."""
+    flat = pc.list_flatten(lists)
+    keep = np.asarray(pc.greater(pc.binary_length(flat), 0).to_numpy(zero_copy_only=False),
+                      dtype=bool)
+    rows = segments.row_index(lists.offsets.to_numpy().astype(np.int64))[keep]
+    offsets = np.zeros(len(lists) + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows, minlength=len(lists)), out=offsets[1:])
+    return offsets, flat.filter(pa.array(keep))
+
+
+@dataclass(frozen=True)
+class Coded:
+    """Per-role segmented codes (features.segments) in one shared code space."""
+
+    seqs: dict[str, Segmented]
+    size: int
+
+
+@dataclass(frozen=True)
+class RowSets:
+    """Per-role sorted keys of each row's distinct items (segments.row_sets), one key size."""
+
+    keys: dict[str, np.ndarray]
+    size: int
 
 
 def _turns(cell: object) -> list[str]:
@@ -58,8 +138,11 @@ class TextView:
         text[r]                 Arrow large_string array of the joined turns, r in "p", "a", "b"
         stripped[r]             the same with surrounding whitespace removed
         turns[r], null_turns[r] float arrays: number of turns, number of empty turns
-        words[r]                list of lists of lower-cased words (punctuation removed)
-        word_sets[r]            the same as sets (shared by structure and overlap)
+        chunks                  Chunks of all texts, roles one after another (p, a, b)
+        words                   Coded: each text's lower-cased words (punctuation removed,
+                                split at whitespace) as word codes shared by the roles
+        word_sets               RowSets: each row's distinct words per role, shared by
+                                structure and overlap
     """
 
     def __init__(self, frame: pd.DataFrame):
@@ -85,15 +168,35 @@ class TextView:
         return {role: pc.utf8_trim_whitespace(arr) for role, arr in self.text.items()}
 
     @cached_property
-    def words(self) -> dict[str, list[list[str]]]:
-        """Lower-cased word lists per role (punctuation stripped)."""
-        out = {}
-        for role, arr in self.text.items():
-            norm = pc.replace_substring_regex(pc.utf8_lower(arr), _PUNCT, " ")
-            out[role] = [t.split() for t in norm.to_pylist()]
-        return out
+    def chunks(self) -> Chunks:
+        """Chunks of the texts of every role, concatenated in ROLES_TEXT order."""
+        return whitespace_chunks(pa.concat_arrays(list(self.text.values())))
+
+    def role_chunks(self, role: str) -> Segmented:
+        """(offsets [n + 1], chunk codes) of one role's texts."""
+        k = list(ROLES_TEXT).index(role)
+        off = self.chunks.offsets[k * self.n:(k + 1) * self.n + 1]
+        return off - off[0], self.chunks.codes[off[0]:off[-1]]
 
     @cached_property
-    def word_sets(self) -> dict[str, list[set[str]]]:
-        """Sets of the lower-cased words per role."""
-        return {role: [set(w) for w in words] for role, words in self.words.items()}
+    def words(self) -> Coded:
+        """Lower-cased words (punctuation stripped) of every text, as shared word codes."""
+        # A chunk's words do not depend on its neighbours, so each distinct chunk is
+        # normalised and split once, then every occurrence is replaced by its words.
+        seg_off, flat = chunk_words(self.chunks.dictionary)
+        enc = pc.dictionary_encode(flat)
+        seg_codes = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+        seqs = {}
+        for role in ROLES_TEXT:
+            off, codes = self.role_chunks(role)
+            lengths, word_codes = segments.expand(codes, seg_off, seg_codes)
+            word_off = np.zeros(self.n + 1, dtype=np.int64)
+            np.cumsum(segments.segment_sums(off, lengths), out=word_off[1:])
+            seqs[role] = (word_off, word_codes)
+        return Coded(seqs, len(enc.dictionary))
+
+    @cached_property
+    def word_sets(self) -> RowSets:
+        """Each row's distinct words per role (segments.row_sets keys)."""
+        keys, size = segments.row_sets(list(self.words.seqs.values()), self.words.size)
+        return RowSets(dict(zip(ROLES_TEXT, keys)), size)

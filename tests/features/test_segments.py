@@ -1,0 +1,72 @@
+"""features.segments: per-row set sizes, intersections, n-grams and expansion equal the
+plain-Python set answers, including when codes must be densified to fit int64 keys."""
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from features import segments
+
+PROFILE = settings(max_examples=80, deadline=None)
+
+_rows = st.lists(st.lists(st.integers(0, 6), max_size=12), min_size=1, max_size=8)
+
+
+def _segmented(rows: list[list[int]], scale: int = 1) -> segments.Segmented:
+    offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum([len(r) for r in rows], out=offsets[1:])
+    codes = np.array([c * scale for r in rows for c in r], dtype=np.int64)
+    return offsets, codes
+
+
+@PROFILE
+@given(st.lists(_rows, min_size=2, max_size=2).filter(lambda x: len(x[0]) == len(x[1])),
+       st.sampled_from([1, 2**40]))
+def test_sets_and_intersections_match_python_sets(pair, scale):
+    a_rows, b_rows = pair
+    n = len(a_rows)
+    # scale 2**40 makes row * size overflow int64, so row_sets must densify the codes.
+    size = 7 * scale
+    (ka, kb), key_size = segments.row_sets([_segmented(a_rows, scale), _segmented(b_rows, scale)], size)
+    assert segments.set_sizes(ka, key_size, n).tolist() == [len(set(r)) for r in a_rows]
+    assert segments.set_sizes(kb, key_size, n).tolist() == [len(set(r)) for r in b_rows]
+    want = [len(set(x) & set(y)) for x, y in zip(a_rows, b_rows)]
+    assert segments.intersection_sizes(ka, kb, key_size, n).tolist() == want
+
+
+@PROFILE
+@given(st.lists(_rows, min_size=2, max_size=2).filter(lambda x: len(x[0]) == len(x[1])),
+       st.integers(1, 4), st.sampled_from([7, 2**31 - 1]))
+def test_ngrams_are_shared_exact_codes(pair, n, size):
+    seqs = [_segmented(r) for r in pair]
+    grams, gram_size = segments.ngrams(seqs, size, n)
+    decoded = []
+    for (off, codes), rows in zip(grams, pair):
+        got_rows = [codes[off[i]:off[i + 1]].tolist() for i in range(len(rows))]
+        want_rows = [list(zip(*[r[k:] for k in range(n)])) for r in rows]
+        assert [len(g) for g in got_rows] == [len(w) for w in want_rows]
+        assert all(0 <= c < gram_size for g in got_rows for c in g)
+        decoded.append((got_rows, want_rows))
+    # Same n-gram <-> same code, across both inputs.
+    pairs = {(c, w) for got, want in decoded for g, ws in zip(got, want) for c, w in zip(g, ws)}
+    assert len({c for c, _ in pairs}) == len({w for _, w in pairs}) == len(pairs)
+
+
+def test_combine_densifies_instead_of_overflowing():
+    a = [np.array([2**40, 5, 2**40], dtype=np.int64)]
+    b = [np.array([2**40 - 1, 2**40 - 1, 3], dtype=np.int64)]
+    (codes,), size = segments.combine(a, b, 2**41, 2**41)
+    assert size <= 2**62 and len(set(codes.tolist())) == 3 and codes.min() >= 0
+
+
+@PROFILE
+@given(st.lists(st.lists(st.integers(-5, 5), max_size=5), min_size=1, max_size=6),
+       st.lists(st.integers(0, 5), max_size=20))
+def test_expand_and_segment_sums(runs, picks):
+    seg_off, seg_values = _segmented(runs)
+    codes = np.array([p % len(runs) for p in picks], dtype=np.int64)
+    lengths, values = segments.expand(codes, seg_off, seg_values)
+    assert lengths.tolist() == [len(runs[c]) for c in codes]
+    assert values.tolist() == [v for c in codes for v in runs[c]]
+    assert segments.segment_sums(seg_off, seg_values).tolist() == [sum(r) for r in runs]
