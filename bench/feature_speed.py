@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from features.groups import TEXT_GROUPS  # noqa: E402
+from features.length import token_counts  # noqa: E402
 from features.text import TextView  # noqa: E402
 from pipeline.catalog import write_text_atomic  # noqa: E402
 from pipeline.config import DEFAULT_MODEL  # noqa: E402
@@ -55,13 +56,14 @@ def resample(pool: pd.DataFrame, rows: int, seed: int, join: dict[str, int] | No
 
 
 def time_groups(frame: pd.DataFrame, count_tokens, repeats: int) -> dict[str, float]:
-    """Best-of-``repeats`` seconds per step: view (join + words), each group, tokens."""
+    """Best-of-``repeats`` seconds per step: view (join, chunks, word codes), each group,
+    tokens (as the length group counts them when given the counter)."""
     best: dict[str, float] = {}
     for _ in range(repeats):
         times = {}
         t0 = time.perf_counter()
         view = TextView(frame)
-        view.words  # noqa: B018 - build the shared word lists (part of the cost)
+        view.words  # noqa: B018 - build the shared chunks and word codes (part of the cost)
         times["prepare"] = time.perf_counter() - t0
         ids = frame["id"].tolist()
         for name, group in TEXT_GROUPS.items():
@@ -69,8 +71,7 @@ def time_groups(frame: pd.DataFrame, count_tokens, repeats: int) -> dict[str, fl
             group.compute(view, ids, None)
             times[name] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        for role in ("p", "a", "b"):
-            count_tokens(view.text[role].to_pylist())
+        token_counts(view, count_tokens)
         times["tokens"] = time.perf_counter() - t0
         best = {k: min(v, best.get(k, np.inf)) for k, v in times.items()}
     best["total"] = sum(best.values())
@@ -118,8 +119,9 @@ def main(argv: list[str] | None = None) -> int:
              f"structure, overlap) of prompt, A and B; best of {args.repeats}; "
              f"{os.cpu_count()} CPU core(s), Python {platform.python_version()}, "
              f"tokenizer load {tok_load:.1f}s (not counted). chars/row = mean characters of "
-             "prompt + A + B. 'prepare' joins turns and builds the shared word lists. Timings "
-             "depend on other load on the machine: check `uptime` when comparing.\n")
+             "prompt + A + B. 'prepare' joins turns and builds the shared whitespace chunks and "
+             "word codes (the token counts reuse the chunks). Timings depend on other load on "
+             "the machine: check `uptime` when comparing.\n")
     text = "# Feature speed\n\n" + "\n".join(lines) + "\n" + notes
     write_text_atomic(args.out, text)
     print(notes)

@@ -13,7 +13,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from features.text import TextView, count, lengths
+from features import segments, tokencount
+from features.text import ROLES_TEXT, TextView, count, lengths
 from features.views import feature_frame, pair_views
 
 GROUP = "length"
@@ -27,14 +28,49 @@ _SENTENCE_END = r"[.!?]+(\s|$)"
 _PARAGRAPH_BREAK = r"\n[ \t]*\n\s*"
 
 
-def _counts(arr: pa.Array, stripped: pa.Array) -> dict[str, np.ndarray]:
+def _word_counts(view: TextView, role: str) -> np.ndarray:
+    """Runs of non-whitespace (RE2 \\S+) per text: the non-empty chunks, except in texts
+    holding \\v, which RE2 does not count as whitespace (counted by the regex)."""
+    chunks = view.chunks
+    nonempty = pc.greater(pc.binary_length(chunks.dictionary), 0).to_numpy(zero_copy_only=False)
+    off, codes = view.role_chunks(role)
+    words = segments.segment_sums(off, np.asarray(nonempty, dtype=np.int64)[codes]).astype(np.float64)
+    k = list(ROLES_TEXT).index(role)
+    odd = np.flatnonzero(~chunks.plain[k * view.n:(k + 1) * view.n])
+    if len(odd):
+        words[odd] = count(view.text[role].take(pa.array(odd)), r"\S+")
+    return words
+
+
+def token_counts(view: TextView, count_tokens: TokenCounter) -> dict[str, np.ndarray]:
+    """Token counts of every role's texts -> {role: float64 [n]}.
+
+    A counter with ``chunk_additive`` True (features.tokencount.RustTokenCounter) counts the
+    view's distinct whitespace chunks once; any other callable gets each role's texts.
+    """
+    if getattr(count_tokens, "chunk_additive", False):
+        every = pa.concat_arrays(list(view.text.values()))
+        totals = tokencount.chunked_counts(view.chunks, every, count_tokens.count_chunks,
+                                           count_tokens.count_whole)
+        out = {role: totals[k * view.n:(k + 1) * view.n] for k, role in enumerate(ROLES_TEXT)}
+    else:
+        out = {role: np.asarray(count_tokens(arr.to_pylist()), dtype=np.float64)
+               for role, arr in view.text.items()}
+    for tokens in out.values():
+        if tokens.shape != (view.n,):
+            raise ValueError(f"count_tokens returned shape {tokens.shape}, expected ({view.n},)")
+    return out
+
+
+def _counts(view: TextView, role: str) -> dict[str, np.ndarray]:
+    arr, stripped = view.text[role], view.stripped[role]
     nonempty = lengths(stripped) > 0
     # Text that does not end in punctuation still holds one (last) sentence.
     ends = np.asarray(pc.match_substring_regex(stripped, r"[.!?]$").to_numpy(zero_copy_only=False),
                       dtype=bool)
     return {
         "chars": lengths(arr),
-        "words": count(arr, r"\S+"),
+        "words": _word_counts(view, role),
         "lines": np.where(nonempty, count(stripped, "\n", regex=False) + 1, 0.0),
         "paragraphs": np.where(nonempty, count(stripped, _PARAGRAPH_BREAK) + 1, 0.0),
         "sentences": count(stripped, _SENTENCE_END) + (nonempty & ~ends),
@@ -54,13 +90,11 @@ def length_features(view: TextView, ids: Sequence[str],
     for chars, words, tokens, lines, paragraphs, sentences, turns, null_turns.
     """
     per_role = {}
-    for role, arr in view.text.items():
-        counts = _counts(arr, view.stripped[role])
-        if count_tokens is not None:
-            tokens = np.asarray(count_tokens(arr.to_pylist()), dtype=np.float64)
-            if tokens.shape != (view.n,):
-                raise ValueError(f"count_tokens returned shape {tokens.shape}, expected ({view.n},)")
-            counts["tokens"] = tokens
+    tokens = None if count_tokens is None else token_counts(view, count_tokens)
+    for role in view.text:
+        counts = _counts(view, role)
+        if tokens is not None:
+            counts["tokens"] = tokens[role]
         counts["turns"] = view.turns[role]
         counts["null_turns"] = view.null_turns[role]
         per_role[role] = counts

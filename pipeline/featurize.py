@@ -26,6 +26,7 @@ from features import embedding as emb_features
 from features.groups import TEXT_GROUPS
 from features.length import TokenCounter
 from features.text import TextView
+from features.tokencount import RustTokenCounter
 from pipeline.catalog import (file_lock, frame_hash, hash_key, read_parquet_checked, slug,
                               write_parquet_atomic, write_provenance)
 from pipeline.config import Config
@@ -35,8 +36,6 @@ from pipeline.models import model_id, resolve_model_path
 log = logging.getLogger(__name__)
 
 STAGE = "features"
-# Texts per tokenizer call: bounds the memory of the token-id lists.
-_TOKENIZE_BATCH = 2048
 
 
 @dataclass(frozen=True)
@@ -133,19 +132,19 @@ def _load_tokenizer(name: str):
     return raw
 
 
+@functools.lru_cache(maxsize=4)
 def token_counter(name: str) -> TokenCounter:
-    """Texts -> token counts of ``name``'s tokenizer (no special tokens, no truncation)."""
-    raw = _load_tokenizer(name)
-    encode = getattr(raw, "encode_batch_fast", raw.encode_batch)  # fast: no offsets
+    """Texts -> token counts of ``name``'s tokenizer (no special tokens, no truncation).
 
-    def count(texts: Sequence[str]) -> np.ndarray:
-        out = np.zeros(len(texts), dtype=np.float64)
-        for start in range(0, len(texts), _TOKENIZE_BATCH):
-            batch = list(texts[start:start + _TOKENIZE_BATCH])
-            out[start:start + len(batch)] = [len(e) for e in encode(batch, add_special_tokens=False)]
-        return out
-
-    return count
+    Returns a features.tokencount.RustTokenCounter: with a whitespace-splitting tokenizer
+    (BERT family) it counts each distinct whitespace chunk once and sums, else every
+    text whole; the log says which, and why.
+    """
+    counter = RustTokenCounter(_load_tokenizer(name))
+    log.info("token counts of %s: %s (%s)", name,
+             "summed over distinct whitespace chunks" if counter.chunk_additive
+             else "each text tokenized whole", counter.reason)
+    return counter
 
 
 def _embeddings(ctx, frame: pd.DataFrame, model: str) -> dict[str, np.ndarray]:
