@@ -15,7 +15,7 @@ import pandas as pd
 import pyarrow.compute as pc
 
 from features import segments
-from features.text import RowSets, TextView
+from features.text import TextView
 from features.views import feature_frame, pair_views, safe_div
 
 GROUP = "overlap"
@@ -46,9 +46,7 @@ def overlap_features(view: TextView, ids: Sequence[str]) -> pd.DataFrame:
     """
     n = view.n
     words = view.word_sets
-    grams, size = segments.ngrams(list(view.words.seqs.values()), view.words.size, 2)
-    keys, key_size = segments.row_sets(grams, size)
-    bigrams = RowSets(dict(zip(view.words.seqs, keys)), key_size)
+    bigrams = view.ngram_sets(2)
     stats = {}
     for kind, sets in (("w", words), ("2", bigrams)):
         sizes = {r: segments.set_sizes(k, sets.size, n) for r, k in sets.keys.items()}

@@ -1,7 +1,8 @@
 """Integer sequences cut into per-row segments, and per-row set sizes without Python sets.
 
 A *segmented* array is ``(offsets, codes)``: row ``i`` holds ``codes[offsets[i]:offsets[i+1]]``
-(``offsets``: int64 [n_rows + 1] starting at 0; ``codes``: int64 in ``[0, size)``). The
+(``offsets``: int64 [n_rows + 1] starting at 0; ``codes``: non-negative integers in
+``[0, size)``, int32 where they fit: half the memory traffic of int64). The
 set of a row is represented by *keys* ``row * size + code`` (int64), unique across rows,
 so one whole-column numpy sort answers "how many distinct items has each row" and one
 merge "how many items do row i of A and row i of B share", for all rows at once.
@@ -10,16 +11,19 @@ dense (one code per distinct value, shared by all arrays of a call) when it woul
 """
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from features.parallel import parallel
+
 # Packed codes stay below this, so ``a * size + b`` never overflows int64.
 _KEY_LIMIT = 1 << 62
 
-Segmented = tuple[np.ndarray, np.ndarray]  # (offsets int64 [n + 1], codes int64 [offsets[-1]])
+Segmented = tuple[np.ndarray, np.ndarray]  # (offsets int64 [n + 1], codes [offsets[-1]])
 
 
 def row_index(offsets: np.ndarray) -> np.ndarray:
@@ -28,33 +32,56 @@ def row_index(offsets: np.ndarray) -> np.ndarray:
 
 
 def segment_sums(offsets: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Sum of each row's values -> int64 [n] (0 for an empty row)."""
-    cum = np.zeros(len(values) + 1, dtype=np.int64)
-    np.cumsum(values, out=cum[1:])
-    return cum[offsets[1:]] - cum[offsets[:-1]]
+    """Sum of each row's values -> int64 [n] (0 for an empty row); offsets[-1] == len(values)."""
+    out = np.zeros(len(offsets) - 1, dtype=np.int64)
+    starts = offsets[:-1]
+    nonempty = offsets[1:] > starts
+    if nonempty.any():
+        # reduceat sums from each start to the next one given: empty rows are left out.
+        out[nonempty] = np.add.reduceat(values, starts[nonempty], dtype=np.int64)
+    return out
 
 
 def expand(codes: np.ndarray, seg_offsets: np.ndarray,
            seg_values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Replace each code ``c`` by the run ``seg_values[seg_offsets[c]:seg_offsets[c + 1]]``.
 
-    Returns: (run lengths int64 [len(codes)], the runs concatenated [lengths.sum()]).
+    Returns: (run lengths [len(codes)], the runs concatenated [lengths.sum()], dtype of
+    seg_values).
     """
-    starts = seg_offsets[codes]
-    lengths = seg_offsets[codes + 1] - starts
-    out_starts = np.cumsum(lengths) - lengths
-    # Output position j of run k copies seg_values[starts[k] + j - out_starts[k]].
-    src = np.repeat(starts - out_starts, lengths)
-    src += np.arange(len(src), dtype=np.int64)
-    return lengths, seg_values[src]
+    seg_len = np.diff(seg_offsets).astype(small_dtype(seg_offsets[-1]))
+    lengths = seg_len[codes]
+    total = int(lengths.sum(dtype=np.int64))
+    out = np.empty(total, dtype=seg_values.dtype)
+    if total == 0:
+        return lengths, out
+    # Most runs are one item long: place every first item, then the second items of the
+    # longer runs, and so on (no index array as long as the output).
+    first = seg_values[np.minimum(seg_offsets[:-1], len(seg_values) - 1)]
+    pos = np.cumsum(lengths, dtype=small_dtype(total))
+    pos -= lengths
+    idx = np.flatnonzero(lengths)
+    out[pos[idx]] = first[codes[idx]]
+    k = 1
+    idx = idx[lengths[idx] > k]
+    while len(idx):
+        out[pos[idx] + k] = seg_values[seg_offsets[codes[idx]] + k]
+        k += 1
+        idx = idx[lengths[idx] > k]
+    return lengths, out
+
+
+def small_dtype(max_value: int) -> type:
+    """int32 when values up to ``max_value`` fit, else int64."""
+    return np.int32 if max_value < 2**31 - 1 else np.int64
 
 
 def densify(arrays: Sequence[np.ndarray]) -> tuple[list[np.ndarray], int]:
-    """Integer arrays -> dense int64 codes (equal values <-> equal codes, across all the
+    """Integer arrays -> dense int32 codes (equal values <-> equal codes, across all the
     arrays) and the number of distinct values."""
     joined = pa.array(np.concatenate(arrays) if arrays else np.zeros(0), type=pa.int64())
     enc = pc.dictionary_encode(joined)
-    codes = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    codes = enc.indices.to_numpy(zero_copy_only=False)
     cuts = np.cumsum([0] + [len(a) for a in arrays])
     return [codes[cuts[i]:cuts[i + 1]] for i in range(len(arrays))], max(len(enc.dictionary), 1)
 
@@ -67,7 +94,34 @@ def combine(a: Sequence[np.ndarray], b: Sequence[np.ndarray], a_size: int,
         b, b_size = densify(b)
         if a_size * b_size > _KEY_LIMIT:  # more than 2**31 distinct values on both sides
             raise OverflowError("too many distinct items to pack into int64 keys")
-    return [x * b_size + y for x, y in zip(a, b)], a_size * b_size
+    return [x.astype(np.int64) * b_size + y for x, y in zip(a, b)], a_size * b_size
+
+
+def ngram_codes(seqs: Sequence[Segmented], size: int, n: int) -> tuple[list[np.ndarray], int]:
+    """Codes of the n items starting at every position (ignoring row ends), shared by all
+    ``seqs``: array k has max(len - n + 1, 0) codes. Returns (codes, code-space size)."""
+    codes = [c for _, c in seqs]
+    gram_size = size
+    for k in range(1, n):
+        codes, gram_size = combine([g[:-1] for g in codes], [c[k:] for _, c in seqs],
+                                   gram_size, size)
+    return codes, gram_size
+
+
+def within_rows(offsets: np.ndarray, codes: np.ndarray, n: int) -> Segmented:
+    """ngram_codes of one segmented array -> only the n-grams inside a row, segmented.
+
+    A row of m items has max(m - n + 1, 0) n-grams, in order.
+    """
+    total = int(offsets[-1])
+    keep = np.ones(total, dtype=bool)
+    for k in range(1, n):  # the last n - 1 positions of each row start no n-gram
+        tail = offsets[1:] - k
+        keep[tail[tail >= offsets[:-1]]] = False
+    counts = np.maximum(np.diff(offsets) - (n - 1), 0)
+    new_off = np.zeros(len(offsets), dtype=np.int64)
+    np.cumsum(counts, out=new_off[1:])
+    return new_off, codes[keep[:len(codes)]]
 
 
 def ngrams(seqs: Sequence[Segmented], size: int, n: int) -> tuple[list[Segmented], int]:
@@ -76,21 +130,8 @@ def ngrams(seqs: Sequence[Segmented], size: int, n: int) -> tuple[list[Segmented
     A row of m codes has max(m - n + 1, 0) n-grams, in order. Returns: ([(offsets,
     n-gram codes)] one per input, the n-gram code-space size).
     """
-    offsets, starts = [], []
-    for off, _ in seqs:
-        counts = np.maximum(np.diff(off) - (n - 1), 0)
-        new_off = np.zeros(len(off), dtype=np.int64)
-        np.cumsum(counts, out=new_off[1:])
-        st = np.repeat(off[:-1] - new_off[:-1], counts)
-        st += np.arange(len(st), dtype=np.int64)
-        offsets.append(new_off)
-        starts.append(st)
-    codes = [c[st] for (_, c), st in zip(seqs, starts)]
-    gram_size = size
-    for k in range(1, n):
-        codes, gram_size = combine(codes, [c[st + k] for (_, c), st in zip(seqs, starts)],
-                                   gram_size, size)
-    return list(zip(offsets, codes)), gram_size
+    codes, gram_size = ngram_codes(seqs, size, n)
+    return [within_rows(off, c, n) for (off, _), c in zip(seqs, codes)], gram_size
 
 
 def row_sets(seqs: Sequence[Segmented], size: int) -> tuple[list[np.ndarray], int]:
@@ -103,13 +144,17 @@ def row_sets(seqs: Sequence[Segmented], size: int) -> tuple[list[np.ndarray], in
     codes = [c for _, c in seqs]
     if max(rows, 1) * size > _KEY_LIMIT:
         codes, size = densify(codes)
-    out = []
-    for (off, _), c in zip(seqs, codes):
-        keys = np.sort(row_index(off) * size + c)
+
+    def distinct(off: np.ndarray, c: np.ndarray) -> np.ndarray:
+        keys = row_index(off) * size + c
+        keys.sort()
         keep = np.ones(len(keys), dtype=bool)
         np.not_equal(keys[1:], keys[:-1], out=keep[1:])
-        out.append(keys[keep])
-    return out, size
+        return keys[keep]
+
+    out = parallel({k: functools.partial(distinct, off, c)
+                    for k, ((off, _), c) in enumerate(zip(seqs, codes))})
+    return list(out.values()), size
 
 
 def set_sizes(keys: np.ndarray, size: int, n_rows: int) -> np.ndarray:

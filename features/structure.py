@@ -8,6 +8,7 @@ Empty or null texts give 0 for every count and ratio (ratios use a denominator o
 """
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import numpy as np
@@ -16,7 +17,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from features import segments
-from features.text import RowSets, TextView, count, lengths, nonempty_items
+from features.parallel import parallel
+from features.text import ROLES_TEXT, RowSets, TextView, count, lengths, nonempty_items
 from features.views import feature_frame, pair_views, safe_div
 
 GROUP = "structure"
@@ -24,7 +26,8 @@ VERSION = 1
 
 _APOS = "['\u2019]"
 # Count features: name -> RE2 pattern, counted per text. Line-start patterns match after
-# "\n" and run on "\n" + text: RE2's (?m)^ is several times slower over Arrow arrays.
+# "\n" and count as over "\n" + text (see _count): RE2's (?m)^ is several times slower
+# over Arrow arrays.
 COUNT_PATTERNS: dict[str, str] = {
     "headers": r"\n[ \t]{0,3}#{1,6}[ \t]+\S",
     "bullets": r"\n[ \t]*[-*+\x{2022}][ \t]+\S",
@@ -56,6 +59,15 @@ COUNT_PATTERNS: dict[str, str] = {
         r"|not a substitute for"
     ),
 }
+# Patterns that never match whitespace: their count in a text is the sum of their counts
+# in its whitespace chunks, so each distinct chunk (TextView.chunks) is searched once.
+# name -> (pattern, is a regex); "fences", "digits" and "upper" feed code_blocks,
+# digits / digit_share and upper_share.
+_CHUNK_COUNTS: dict[str, tuple[str, bool]] = {
+    **{name: (COUNT_PATTERNS[name], True)
+       for name in ("numbers", "questions", "exclamations", "colons", "caps_runs")},
+    "fences": ("```", False), "digits": (r"[0-9]", True), "upper": (r"[A-Z]", True),
+}
 # Counts that get a log-ratio view (the rest are rare flags or ratios).
 _LOG_RATIO = {"bullets", "numbered", "bold", "numbers", "digits", "questions", "exclamations",
               "colons", "code_blocks", "headers", "table_rows", "caps_runs"}
@@ -74,37 +86,73 @@ def _line_sets(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     lists = pa.ListArray.from_arrays(split.offsets, pc.utf8_trim_whitespace(pc.list_flatten(split)))
     offsets, lines = nonempty_items(lists)
     enc = pc.dictionary_encode(lines)
-    codes = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    codes = enc.indices.to_numpy(zero_copy_only=False)
     (keys,), size = segments.row_sets([(offsets, codes)], max(len(enc.dictionary), 1))
     n_unique = segments.set_sizes(keys, size, len(arr))
     return np.diff(offsets).astype(np.float64), n_unique.astype(np.float64)
 
 
-def _per_text(view: TextView, role: str, trigram_sets: RowSets) -> dict[str, np.ndarray]:
-    arr, stripped = view.text[role], view.stripped[role]
-    nl, empty = pa.scalar("\n", arr.type), pa.scalar("", arr.type)
-    lined = pc.binary_join_element_wise(nl, arr, empty)  # "\n" + text: see COUNT_PATTERNS
-    out = {name: count(lined, pat) for name, pat in COUNT_PATTERNS.items()}
-    out["code_blocks"] = np.ceil(count(arr, "```", regex=False) / 2)  # an unclosed fence opens one
+def _count(arr: pa.Array, pattern: str) -> np.ndarray:
+    """Matches of a COUNT_PATTERNS pattern in "\n" + text, per text -> float64 [n].
+
+    A pattern starting with "\n" counts its matches in the text, plus one where the text
+    itself starts with the rest of the pattern (an anchored, cheap match). No pattern's
+    match ends at a newline, so a match at the start never hides a later one.
+    """
+    out = count(arr, pattern)
+    if pattern.startswith(r"\n"):
+        starts = pc.match_substring_regex(arr, "^" + pattern[2:]).to_numpy(zero_copy_only=False)
+        out += np.asarray(starts, dtype=np.float64)
+    return out
+
+
+def _per_text(view: TextView, role: str, counted: dict, trigram_sets: RowSets) -> dict[str, np.ndarray]:
+    out = {name: counted[role, name] for name in COUNT_PATTERNS}
+    out["code_blocks"] = np.ceil(counted[role, "fences"] / 2)  # an unclosed fence opens one
     out["refusal_flag"] = (out["refusal"] > 0).astype(np.float64)
     n_words = np.diff(view.words.seqs[role][0]).astype(np.float64)
     unique = segments.set_sizes(view.word_sets.keys[role], view.word_sets.size, view.n)
     out["lexdiv"] = safe_div(unique, n_words)
     out["rep_trigram"] = _repeated_fraction(
         n_words - 2, segments.set_sizes(trigram_sets.keys[role], trigram_sets.size, view.n))
-    out["rep_lines"] = _repeated_fraction(*_line_sets(arr))
-    out["empty"] = (lengths(stripped) == 0).astype(np.float64)
-    chars = lengths(arr)
-    out["digits"] = count(arr, r"[0-9]")
+    out["rep_lines"] = _repeated_fraction(*counted[role, "lines"])
+    out["empty"] = (lengths(view.stripped[role]) == 0).astype(np.float64)
+    chars = lengths(view.text[role])
+    out["digits"] = counted[role, "digits"]
     out["digit_share"] = safe_div(out["digits"], chars)
-    out["upper_share"] = safe_div(count(arr, r"[A-Z]"), chars)
+    out["upper_share"] = safe_div(counted[role, "upper"], chars)
     return out
 
 
-def _trigram_sets(view: TextView) -> RowSets:
-    grams, size = segments.ngrams(list(view.words.seqs.values()), view.words.size, 3)
-    keys, key_size = segments.row_sets(grams, size)
-    return RowSets(dict(zip(view.words.seqs, keys)), key_size)
+def _chunk_count(view: TextView, pattern: str, regex: bool) -> np.ndarray:
+    """Matches per text of every role (ROLES_TEXT order), via the distinct chunks -> [3n]."""
+    per_chunk = count(view.chunks.dictionary, pattern, regex).astype(np.int32)
+    return view.chunks.sums(per_chunk).astype(np.float64)
+
+
+def _count_tasks(view: TextView) -> dict:
+    """(role or "all", name) -> task: every count and line set, to run in parallel."""
+    tasks = {}
+    for name, (pattern, regex) in _CHUNK_COUNTS.items():
+        tasks["all", name] = functools.partial(_chunk_count, view, pattern, regex)
+    for role, arr in view.text.items():
+        for name, pattern in COUNT_PATTERNS.items():
+            if name not in _CHUNK_COUNTS:
+                tasks[role, name] = functools.partial(_count, arr, pattern)
+        tasks[role, "lines"] = functools.partial(_line_sets, arr)
+    return tasks
+
+
+def _counted(view: TextView) -> dict:
+    """(role, name) -> counts of every _count_tasks task."""
+    out = {}
+    for (role, name), values in parallel(_count_tasks(view)).items():
+        if role == "all":
+            out.update({(r, name): values[k * view.n:(k + 1) * view.n]
+                        for k, r in enumerate(ROLES_TEXT)})
+        else:
+            out[role, name] = values
+    return out
 
 
 def structure_features(view: TextView, ids: Sequence[str]) -> pd.DataFrame:
@@ -117,8 +165,9 @@ def structure_features(view: TextView, ids: Sequence[str]) -> pd.DataFrame:
     and rep_lines (share of repeated word trigrams / non-empty lines), empty, digit_share,
     upper_share. ``lr`` only for the counts in _LOG_RATIO.
     """
-    trigrams = _trigram_sets(view)
-    per_role = {role: _per_text(view, role, trigrams) for role in ("p", "a", "b")}
+    counted = _counted(view)
+    trigrams = view.ngram_sets(3)
+    per_role = {role: _per_text(view, role, counted, trigrams) for role in ("p", "a", "b")}
     cols: dict[str, np.ndarray] = {}
     for feature, values in per_role["p"].items():
         cols[f"{GROUP}__p_{feature}"] = values

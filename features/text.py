@@ -6,6 +6,7 @@ expensive step once. It only reads the frame it is given.
 """
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from functools import cached_property
@@ -16,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from features import segments
+from features.parallel import parallel
 from features.segments import Segmented
 
 ROLES_TEXT = {"p": "prompt", "a": "response_a", "b": "response_b"}
@@ -49,7 +51,7 @@ class Chunks:
     Attributes:
         dictionary  Arrow large_string array of the distinct chunks ("" included when a
                     text starts or ends with whitespace or is empty)
-        codes       int64 [n_chunks]: every chunk, text after text -> its dictionary index
+        codes       int32 [n_chunks]: every chunk, text after text -> its dictionary index
         offsets     int64 [n_texts + 1]: text i's chunks are codes[offsets[i]:offsets[i+1]]
         plain       bool [n_texts]: the text holds no \\v or \\f (see _ODD_SPACE)
     """
@@ -72,7 +74,7 @@ def whitespace_chunks(arr: pa.Array) -> Chunks:
     plain = ~np.asarray(pc.match_substring_regex(arr, _ODD_SPACE).to_numpy(zero_copy_only=False),
                         dtype=bool)
     return Chunks(dictionary=enc.dictionary,
-                  codes=enc.indices.to_numpy(zero_copy_only=False).astype(np.int64),
+                  codes=enc.indices.to_numpy(zero_copy_only=False),
                   offsets=split.offsets.to_numpy().astype(np.int64), plain=plain)
 
 
@@ -130,6 +132,43 @@ def _clean(text: str) -> str:
     return text
 
 
+def _join_python(cells: list) -> tuple[pa.Array, np.ndarray, np.ndarray]:
+    """Cells -> (joined non-empty turns, turns, empty or None turns) per row."""
+    turns = [_turns(c) for c in cells]
+    joined = [_clean(TURN_SEP.join(t for t in ts if t)) for ts in turns]
+    return (pa.array(joined, type=pa.large_string()),
+            np.array([len(t) for t in turns], dtype=np.float64),
+            np.array([sum(1 for s in t if not s.strip()) for t in turns], dtype=np.float64))
+
+
+def _join_arrow(cells: list) -> tuple[pa.Array, np.ndarray, np.ndarray] | None:
+    """_join_python in Arrow when every cell is a list of str / None (or None), else None.
+
+    Cells holding a plain string, NaN, a non-string turn or a lone surrogate (not valid
+    UTF-8) are left to _join_python.
+    """
+    if any(isinstance(c, str) for c in cells):  # Arrow would read "abc" as ["a", "b", "c"]
+        return None
+    try:
+        lists = pa.array(cells, type=pa.list_(pa.large_string()))
+    except (pa.ArrowException, TypeError, ValueError, UnicodeError):
+        return None
+    flat = pc.list_flatten(lists)  # null turns stay as nulls; null cells have no turns
+    rows = segments.row_index(lists.offsets.to_numpy().astype(np.int64))
+    trimmed = pc.utf8_length(pc.utf8_trim_whitespace(flat))
+    blank = np.asarray(pc.fill_null(pc.equal(trimmed, 0), True).to_numpy(zero_copy_only=False),
+                       dtype=bool)
+    keep = np.asarray(pc.fill_null(pc.greater(pc.binary_length(flat), 0), False)
+                      .to_numpy(zero_copy_only=False), dtype=bool)
+    offsets = np.zeros(len(cells) + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows[keep], minlength=len(cells)), out=offsets[1:])
+    kept = pa.LargeListArray.from_arrays(pa.array(offsets), flat.filter(pa.array(keep)))
+    n_turns = np.asarray(pc.fill_null(pc.list_value_length(lists), 0).to_numpy(zero_copy_only=False),
+                         dtype=np.float64)
+    return (pc.binary_join(kept, pa.scalar(TURN_SEP, pa.large_string())), n_turns,
+            np.bincount(rows[blank], minlength=len(cells)).astype(np.float64))
+
+
 class TextView:
     """Read-only views of one canonical frame (columns prompt, response_a, response_b).
 
@@ -142,7 +181,7 @@ class TextView:
         words                   Coded: each text's lower-cased words (punctuation removed,
                                 split at whitespace) as word codes shared by the roles
         word_sets               RowSets: each row's distinct words per role, shared by
-                                structure and overlap
+                                structure and overlap; ngram_sets(n) the same for n-grams
     """
 
     def __init__(self, frame: pd.DataFrame):
@@ -151,16 +190,17 @@ class TextView:
             raise ValueError(f"feature input lacks column(s) {missing}: expected the canonical "
                              "frame of pipeline.data (id, prompt, response_a, response_b)")
         self.n = len(frame)
+        self._ngram_full: dict[int, tuple[list[np.ndarray], int]] = {}
+        self._ngram_sets: dict[int, RowSets] = {}
         self.text: dict[str, pa.Array] = {}
         self.turns: dict[str, np.ndarray] = {}
         self.null_turns: dict[str, np.ndarray] = {}
         for role, col in ROLES_TEXT.items():
-            cells = [_turns(c) for c in frame[col].tolist()]
-            joined = [_clean(TURN_SEP.join(t for t in turns if t)) for turns in cells]
-            self.text[role] = pa.array(joined, type=pa.large_string())
-            self.turns[role] = np.array([len(t) for t in cells], dtype=np.float64)
-            self.null_turns[role] = np.array([sum(1 for s in t if not s.strip()) for t in cells],
-                                             dtype=np.float64)
+            cells = frame[col].tolist()
+            joined = _join_arrow(cells)
+            if joined is None:
+                joined = _join_python(cells)
+            self.text[role], self.turns[role], self.null_turns[role] = joined
 
     @cached_property
     def stripped(self) -> dict[str, pa.Array]:
@@ -185,18 +225,43 @@ class TextView:
         # normalised and split once, then every occurrence is replaced by its words.
         seg_off, flat = chunk_words(self.chunks.dictionary)
         enc = pc.dictionary_encode(flat)
-        seg_codes = enc.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-        seqs = {}
-        for role in ROLES_TEXT:
+        seg_codes = enc.indices.to_numpy(zero_copy_only=False)
+
+        def role_words(role: str) -> Segmented:
             off, codes = self.role_chunks(role)
             lengths, word_codes = segments.expand(codes, seg_off, seg_codes)
             word_off = np.zeros(self.n + 1, dtype=np.int64)
             np.cumsum(segments.segment_sums(off, lengths), out=word_off[1:])
-            seqs[role] = (word_off, word_codes)
-        return Coded(seqs, len(enc.dictionary))
+            return word_off, word_codes
+
+        return Coded(parallel({role: functools.partial(role_words, role) for role in ROLES_TEXT}),
+                     len(enc.dictionary))
 
     @cached_property
     def word_sets(self) -> RowSets:
         """Each row's distinct words per role (segments.row_sets keys)."""
-        keys, size = segments.row_sets(list(self.words.seqs.values()), self.words.size)
-        return RowSets(dict(zip(ROLES_TEXT, keys)), size)
+        return self.ngram_sets(1)
+
+    def ngram_sets(self, n: int) -> RowSets:
+        """Each row's distinct word n-grams (n consecutive words of one text) per role."""
+        if n not in self._ngram_sets:
+            codes, size = self._ngram_codes(n)
+            offsets = [off for off, _ in self.words.seqs.values()]
+            seqs = parallel({k: functools.partial(segments.within_rows, off, c, n)
+                             for k, (off, c) in enumerate(zip(offsets, codes))})
+            keys, key_size = segments.row_sets(list(seqs.values()), size)
+            self._ngram_sets[n] = RowSets(dict(zip(ROLES_TEXT, keys)), key_size)
+        return self._ngram_sets[n]
+
+    def _ngram_codes(self, n: int) -> tuple[list[np.ndarray], int]:
+        """segments.ngram_codes of the words, built from the (n-1)-grams and kept."""
+        if n not in self._ngram_full:
+            seqs = list(self.words.seqs.values())
+            if n == 1:
+                self._ngram_full[1] = [c for _, c in seqs], self.words.size
+            else:
+                prev, size = self._ngram_codes(n - 1)
+                self._ngram_full[n] = segments.combine([g[:-1] for g in prev],
+                                                       [c[n - 1:] for _, c in seqs],
+                                                       size, self.words.size)
+        return self._ngram_full[n]

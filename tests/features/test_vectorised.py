@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from features.length import length_features
 from features.overlap import overlap_features
 from features.structure import structure_features
-from features.text import _PUNCT, TextView
+from features.text import _PUNCT, TextView, _join_arrow, _join_python
 from tests.features.test_properties import frames
 
 PROFILE = settings(max_examples=60, deadline=None)
@@ -26,7 +26,8 @@ PROFILE = settings(max_examples=60, deadline=None)
 _WS = [" ", "  ", "\t", "\n", "\r\n", "\v", "\f", "\x1c", "\x85", "\u00a0", "\u2003", "\u3000",
        "\u2028", "\n \n"]
 _BITS = ["a", "A", "the", "The", "cat", "x.", "...", "--", "'s", "\u2019", "\u2026", "!?",
-         "\u00c9t\u00e9", "\u03a3", "\u4e2d\u6587", "\U0001F600", "\x00", "```", "- ", "1.", "**b**"]
+         "\u00c9t\u00e9", "\u03a3", "\u4e2d\u6587", "\U0001F600", "\x00", "```", "- ", "1.", "**b**",
+         "ABC", "42", "`", "::", "Q?"]
 _wordy = st.lists(st.sampled_from(_WS + _BITS), max_size=30).map("".join)
 
 
@@ -64,6 +65,13 @@ def ref_features(view: TextView) -> dict[str, list[float]]:
             _repeated(len(w) - 2, len(set(zip(w, w[1:], w[2:])))) for w in words[r]]
         lines = [[ln for ln in map(str.strip, t.split("\n")) if ln] for t in texts]
         out[f"structure__{r}_rep_lines"] = [_repeated(len(x), len(set(x))) for x in lines]
+        # Counted per distinct whitespace chunk (structure._CHUNK_COUNTS).
+        for name, pattern in (("numbers", "[0-9]+"), ("questions", r"\?"), ("exclamations", "!"),
+                              ("colons", ":"), ("caps_runs", "[A-Z]{2,}"), ("digits", "[0-9]")):
+            out[f"structure__{r}_{name}"] = [len(re.findall(pattern, t)) for t in texts]
+        out[f"structure__{r}_code_blocks"] = [-(-t.count("```") // 2) for t in texts]
+        out[f"structure__{r}_upper_share"] = [_ratio(len(re.findall("[A-Z]", t)), len(t))
+                                              for t in texts]
     for i in range(view.n):
         p, a, b = (words[r][i] for r in ("p", "a", "b"))
         for kind, (ps, as_, bs) in (("w", (set(p), set(a), set(b))),
@@ -121,3 +129,28 @@ def test_word_features_known_values():
     assert got["structure__p_lexdiv"][0] == np.float32(3 / 5)
     assert got["structure__a_rep_trigram"][0] == np.float32(1 - 4 / 6)  # 8 words, 4 of 6 trigrams new
     assert got["structure__a_rep_lines"][0] == np.float32(1 - 2 / 3)
+
+
+@PROFILE
+@given(frames(max_rows=4))
+def test_arrow_turn_joining_matches_python(frame):
+    for col in ("prompt", "response_a", "response_b"):
+        cells = frame[col].tolist()
+        fast = _join_arrow(cells)
+        slow = _join_python(cells)
+        if fast is None:  # lone surrogates: Arrow cannot hold them, Python cleans them
+            assert any("\ud800" <= ch <= "\udfff" for c in cells for t in (c or []) if t for ch in t)
+            continue
+        assert fast[0].to_pylist() == slow[0].to_pylist()
+        assert fast[1].tolist() == slow[1].tolist() and fast[2].tolist() == slow[2].tolist()
+
+
+def test_cells_arrow_cannot_take_go_through_python():
+    assert _join_arrow([["a"], "plain string"]) is None
+    assert _join_arrow([["a"], float("nan")]) is None
+    assert _join_arrow([["a", 3]]) is None
+    view = TextView(pd.DataFrame({"prompt": ["plain", float("nan")], "response_a": [["x", 3], None],
+                                  "response_b": [["lone \ud83d"], []]}))
+    assert view.text["p"].to_pylist() == ["plain", ""] and view.turns["p"].tolist() == [1, 0]
+    assert view.text["a"].to_pylist() == ["x\n\n3", ""]
+    assert view.text["b"].to_pylist() == ["lone \ufffd", ""]
