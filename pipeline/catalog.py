@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import tempfile
 import time
 from pathlib import Path
@@ -107,12 +108,23 @@ def frame_hash(df: pd.DataFrame) -> str:
     return h.hexdigest()[:16]
 
 
+# Temporary files of atomic writes: ".<name>.<writer pid>-<random>.tmp" beside the target.
+_TEMP_NAME = re.compile(r"^\..+\.(\d+)-[^.]+\.tmp$")
+# A temporary file without a readable pid is swept once it is this old (seconds).
+_TEMP_MAX_AGE = 24 * 3600
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it is renamed onto ``path``."""
+    """Yield a temporary path beside ``path``; on success it is renamed onto ``path``.
+
+    The temporary name holds the writer's pid, so :func:`sweep_stale_temp_files` can tell
+    the leftovers of a killed process from a live writer's file.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp",
+                               dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -124,6 +136,41 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # exists under another user (or not a pid we can judge): keep
+    return True
+
+
+def sweep_stale_temp_files(root: str | Path) -> list[Path]:
+    """Delete temporary files of atomic writes under ``root`` whose writer is gone.
+
+    A file's writer is gone when the pid in its name is no longer a running process on
+    this machine (a run killed mid-write); files without a pid are swept after a day.
+    Returns the deleted paths. Never touches a live writer's file or any other file.
+    """
+    root = Path(root)
+    removed: list[Path] = []
+    if not root.is_dir():
+        return removed
+    now = time.time()
+    for tmp in root.rglob(".*.tmp"):
+        m = _TEMP_NAME.match(tmp.name)
+        try:
+            stale = (not _pid_alive(int(m.group(1))) if m
+                     else now - tmp.stat().st_mtime > _TEMP_MAX_AGE)
+            if stale and tmp.is_file():
+                tmp.unlink()
+                removed.append(tmp)
+        except FileNotFoundError:
+            continue  # its writer finished (renamed or removed it) meanwhile
+    return removed
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.catalog import Catalog
+from pipeline.catalog import Catalog, sweep_stale_temp_files
 from pipeline.config import ConfigError, apply_overrides, load_config
 from pipeline.context import RunContext
 from pipeline.data import DataError
@@ -121,6 +121,10 @@ def main(argv: list[str] | None = None) -> int:
         t_all = time.perf_counter()
         if args.stage not in ("predict", "report"):
             ctx.dataset  # validate the inputs before any stage starts writing
+        swept = [t for d in (ctx.catalog.cache_dir, ctx.catalog.runs_dir)
+                 for t in sweep_stale_temp_files(d)]
+        if swept:
+            log.info("removed %d temporary file(s) left by killed runs (e.g. %s)", len(swept), swept[0])
         in_all = ctx.config.finetune.in_all
         if args.stage == "all" and in_all is None:
             in_all = ctx.device.startswith("cuda")

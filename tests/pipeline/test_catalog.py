@@ -3,13 +3,16 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import subprocess
+import sys
+import time
 
 import pandas as pd
 import pytest
 
 from pipeline.catalog import (atomic_path, cached, file_lock, frame_hash, hash_key,
                               provenance_path, read_json, read_parquet_checked,
-                              write_parquet_atomic)
+                              sweep_stale_temp_files, write_parquet_atomic)
 
 
 def test_atomic_path_leaves_nothing_on_failure(tmp_path):
@@ -29,6 +32,33 @@ def test_atomic_path_replaces_the_old_file_only_when_done(tmp_path):
         tmp.write_text("new")
         assert target.read_text() == "old"
     assert target.read_text() == "new"
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_sweep_removes_only_temp_files_of_dead_writers(tmp_path):
+    sub = tmp_path / "features"
+    sub.mkdir()
+    with atomic_path(sub / "live.parquet") as live:  # this process: a writer still at work
+        assert f".live.parquet.{os.getpid()}-" in live.name
+        live.write_text("in progress")
+        dead = sub / f".x.parquet.{_dead_pid()}-abc123.tmp"
+        old = sub / ".y.parquet.legacy.tmp"  # no pid (older naming): swept after a day
+        recent = sub / ".z.parquet.legacy2.tmp"
+        keep = [sub / "a.parquet", sub / "notes.tmp", sub / ".hidden"]
+        for f in (dead, old, recent, *keep):
+            f.write_text("x")
+        two_days = time.time() - 2 * 24 * 3600
+        os.utime(old, (two_days, two_days))
+        removed = sweep_stale_temp_files(tmp_path)
+        assert sorted(removed) == sorted([dead, old])
+        assert live.exists() and recent.exists() and all(f.exists() for f in keep)
+    assert (sub / "live.parquet").read_text() == "in progress"
+    assert sweep_stale_temp_files(tmp_path / "missing") == []
 
 
 def test_read_parquet_checked_rejects_corrupt_truncated_and_short(tmp_path):

@@ -44,3 +44,15 @@ def test_bad_input_leaves_no_artifacts(tmp_path, caplog):
     assert "exactly one 1" in caplog.text
     written = [p for p in work.rglob("*") if p.is_file()] if work.exists() else []
     assert written == []
+
+
+def test_a_run_sweeps_temp_files_left_by_killed_writers(tmp_path, caplog):
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()  # its pid is now free: the writer of the leftover below is gone
+    leftover = tmp_path / "cache" / "features" / f".length-train-k.parquet.{proc.pid}-q1w2.tmp"
+    leftover.parent.mkdir(parents=True)
+    leftover.write_bytes(b"half a parquet file")
+    caplog.set_level("INFO")
+    assert main(["--stage", "report", "--workdir", str(tmp_path)]) == 0
+    assert not leftover.exists()
+    assert "removed 1 temporary file(s) left by killed runs" in caplog.text
