@@ -6,6 +6,7 @@ text gives 0 everywhere; ``lr`` is log1p(a) - log1p(b), finite for counts >= 0.
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable, Sequence
 
 import numpy as np
@@ -14,6 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from features import segments, tokencount
+from features.parallel import parallel
 from features.text import ROLES_TEXT, TextView, count, lengths
 from features.views import feature_frame, pair_views
 
@@ -28,17 +30,15 @@ _SENTENCE_END = r"[.!?]+(\s|$)"
 _PARAGRAPH_BREAK = r"\n[ \t]*\n\s*"
 
 
-def _word_counts(view: TextView, role: str) -> np.ndarray:
-    """Runs of non-whitespace (RE2 \\S+) per text: the non-empty chunks, except in texts
-    holding \\v, which RE2 does not count as whitespace (counted by the regex)."""
+def _word_counts(view: TextView) -> np.ndarray:
+    """Runs of non-whitespace (RE2 \\S+) per text of every role [3n]: the non-empty chunks,
+    except in texts holding \\v, which RE2 does not count as whitespace (counted by the regex)."""
     chunks = view.chunks
     nonempty = pc.greater(pc.binary_length(chunks.dictionary), 0).to_numpy(zero_copy_only=False)
-    off, codes = view.role_chunks(role)
-    words = segments.segment_sums(off, np.asarray(nonempty, dtype=np.int64)[codes]).astype(np.float64)
-    k = list(ROLES_TEXT).index(role)
-    odd = np.flatnonzero(~chunks.plain[k * view.n:(k + 1) * view.n])
+    words = chunks.sums(nonempty).astype(np.float64)
+    odd = np.flatnonzero(~chunks.plain)
     if len(odd):
-        words[odd] = count(view.text[role].take(pa.array(odd)), r"\S+")
+        words[odd] = count(pa.chunked_array(list(view.text.values())).take(pa.array(odd)), r"\S+")
     return words
 
 
@@ -49,7 +49,7 @@ def token_counts(view: TextView, count_tokens: TokenCounter) -> dict[str, np.nda
     view's distinct whitespace chunks once; any other callable gets each role's texts.
     """
     if getattr(count_tokens, "chunk_additive", False):
-        every = pa.concat_arrays(list(view.text.values()))
+        every = pa.chunked_array(list(view.text.values()))
         totals = tokencount.chunked_counts(view.chunks, every, count_tokens.count_chunks,
                                            count_tokens.count_whole)
         out = {role: totals[k * view.n:(k + 1) * view.n] for k, role in enumerate(ROLES_TEXT)}
@@ -62,19 +62,36 @@ def token_counts(view: TextView, count_tokens: TokenCounter) -> dict[str, np.nda
     return out
 
 
-def _counts(view: TextView, role: str) -> dict[str, np.ndarray]:
-    arr, stripped = view.text[role], view.stripped[role]
+def _sentences(stripped: pa.Array) -> np.ndarray:
     nonempty = lengths(stripped) > 0
     # Text that does not end in punctuation still holds one (last) sentence.
     ends = np.asarray(pc.match_substring_regex(stripped, r"[.!?]$").to_numpy(zero_copy_only=False),
                       dtype=bool)
-    return {
-        "chars": lengths(arr),
-        "words": _word_counts(view, role),
-        "lines": np.where(nonempty, count(stripped, "\n", regex=False) + 1, 0.0),
-        "paragraphs": np.where(nonempty, count(stripped, _PARAGRAPH_BREAK) + 1, 0.0),
-        "sentences": count(stripped, _SENTENCE_END) + (nonempty & ~ends),
-    }
+    return count(stripped, _SENTENCE_END) + (nonempty & ~ends)
+
+
+def _plus_one_if_nonempty(values: np.ndarray, stripped: pa.Array) -> np.ndarray:
+    return np.where(lengths(stripped) > 0, values + 1, 0.0)
+
+
+def _counts(view: TextView) -> dict[str, dict[str, np.ndarray]]:
+    """{role: {chars, words, lines, paragraphs, sentences}}, the columns counted in parallel."""
+    view.chunks, view.stripped  # noqa: B018 - shared by the tasks: build them first
+    tasks: dict = {("all", "words"): functools.partial(_word_counts, view)}
+    for role, arr in view.text.items():
+        stripped = view.stripped[role]
+        tasks[role, "chars"] = functools.partial(lengths, arr)
+        tasks[role, "lines"] = functools.partial(count, stripped, "\n", regex=False)
+        tasks[role, "paragraphs"] = functools.partial(count, stripped, _PARAGRAPH_BREAK)
+        tasks[role, "sentences"] = functools.partial(_sentences, stripped)
+    done = parallel(tasks)
+    words = done.pop(("all", "words"))
+    for k, role in enumerate(ROLES_TEXT):
+        done[role, "words"] = words[k * view.n:(k + 1) * view.n]
+        for name in ("lines", "paragraphs"):
+            done[role, name] = _plus_one_if_nonempty(done[role, name], view.stripped[role])
+    return {role: {name: done[role, name] for name in ("chars", "words", "lines", "paragraphs",
+                                                       "sentences")} for role in ROLES_TEXT}
 
 
 def length_features(view: TextView, ids: Sequence[str],
@@ -91,8 +108,9 @@ def length_features(view: TextView, ids: Sequence[str],
     """
     per_role = {}
     tokens = None if count_tokens is None else token_counts(view, count_tokens)
+    all_counts = _counts(view)
     for role in view.text:
-        counts = _counts(view, role)
+        counts = all_counts[role]
         if tokens is not None:
             counts["tokens"] = tokens[role]
         counts["turns"] = view.turns[role]

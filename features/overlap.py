@@ -8,6 +8,7 @@ equal after stripping whitespace (two empty responses are identical).
 """
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import numpy as np
@@ -15,6 +16,7 @@ import pandas as pd
 import pyarrow.compute as pc
 
 from features import segments
+from features.parallel import parallel
 from features.text import TextView
 from features.views import feature_frame, pair_views, safe_div
 
@@ -45,14 +47,15 @@ def overlap_features(view: TextView, ids: Sequence[str]) -> pd.DataFrame:
         overlap__p_identical              1 if A and B are the same text (stripped)
     """
     n = view.n
-    words = view.word_sets
-    bigrams = view.ngram_sets(2)
+    kinds = {"w": view.word_sets, "2": view.bigram_sets}
+    inters = parallel({
+        (kind, pair): functools.partial(segments.intersection_sizes, sets.keys[pair[0]],
+                                        sets.keys[pair[1]], sets.size, n)
+        for kind, sets in kinds.items() for pair in ("pa", "pb", "ab")})
     stats = {}
-    for kind, sets in (("w", words), ("2", bigrams)):
-        sizes = {r: segments.set_sizes(k, sets.size, n) for r, k in sets.keys.items()}
-        inter = {pair: segments.intersection_sizes(sets.keys[pair[0]], sets.keys[pair[1]],
-                                                   sets.size, n)
-                 for pair in ("pa", "pb", "ab")}
+    for kind, sets in kinds.items():
+        sizes = sets.sizes
+        inter = {pair: inters[kind, pair] for pair in ("pa", "pb", "ab")}
         for role in ("a", "b"):
             stats[role, kind] = _set_stats(sizes["p"], sizes[role], inter["p" + role])
             if kind == "w":

@@ -12,6 +12,7 @@ dense (one code per distinct value, shared by all arrays of a call) when it woul
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -46,8 +47,8 @@ def expand(codes: np.ndarray, seg_offsets: np.ndarray,
            seg_values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Replace each code ``c`` by the run ``seg_values[seg_offsets[c]:seg_offsets[c + 1]]``.
 
-    Returns: (run lengths [len(codes)], the runs concatenated [lengths.sum()], dtype of
-    seg_values).
+    Returns: (run lengths [len(codes)], the runs concatenated [lengths.sum()] with the
+    dtype of seg_values).
     """
     seg_len = np.diff(seg_offsets).astype(small_dtype(seg_offsets[-1]))
     lengths = seg_len[codes]
@@ -94,7 +95,13 @@ def combine(a: Sequence[np.ndarray], b: Sequence[np.ndarray], a_size: int,
         b, b_size = densify(b)
         if a_size * b_size > _KEY_LIMIT:  # more than 2**31 distinct values on both sides
             raise OverflowError("too many distinct items to pack into int64 keys")
-    return [x.astype(np.int64) * b_size + y for x, y in zip(a, b)], a_size * b_size
+    out = []
+    for x, y in zip(a, b):
+        packed = x.astype(np.int64)
+        packed *= b_size
+        packed += y
+        out.append(packed)
+    return out, a_size * b_size
 
 
 def ngram_codes(seqs: Sequence[Segmented], size: int, n: int) -> tuple[list[np.ndarray], int]:
@@ -106,6 +113,32 @@ def ngram_codes(seqs: Sequence[Segmented], size: int, n: int) -> tuple[list[np.n
         codes, gram_size = combine([g[:-1] for g in codes], [c[k:] for _, c in seqs],
                                    gram_size, size)
     return codes, gram_size
+
+
+def row_local_ngrams(offsets: np.ndarray, groups: np.ndarray, sizes: np.ndarray,
+                     n: int) -> np.ndarray:
+    """Row-major codes of the n items starting at every position (row ends ignored, as in
+    ngram_codes), from row_sets group ids and per-row distinct counts ``sizes``.
+
+    The first item keeps its (row, item) group id, the others their rank among the row's
+    distinct items, so codes stay below n_groups * max(sizes)**(n - 1): independent of
+    the vocabulary's size. Equal codes <-> same row and same n items.
+    """
+    width = max(int(sizes.max(initial=1)), 1)
+    n_groups = int(sizes.sum())
+    total = len(groups)
+    if n_groups * width ** (n - 1) > _KEY_LIMIT:
+        (codes,), _ = ngram_codes([(offsets, groups)], max(n_groups, 1), n)
+        return codes
+    base = np.zeros(len(sizes), dtype=np.int64)
+    np.cumsum(sizes[:-1], out=base[1:])
+    local = groups - np.repeat(base, np.diff(offsets))
+    m = max(total - n + 1, 0)
+    codes = groups[:m].astype(np.int64)
+    for k in range(1, n):
+        codes *= width
+        codes += local[k:k + m]
+    return codes
 
 
 def within_rows(offsets: np.ndarray, codes: np.ndarray, n: int) -> Segmented:
@@ -124,42 +157,85 @@ def within_rows(offsets: np.ndarray, codes: np.ndarray, n: int) -> Segmented:
     return new_off, codes[keep[:len(codes)]]
 
 
-def ngrams(seqs: Sequence[Segmented], size: int, n: int) -> tuple[list[Segmented], int]:
-    """Consecutive n-grams inside each row, as codes shared by all ``seqs``.
+@dataclass(frozen=True)
+class RowSet:
+    """The distinct codes of every row of one segmented array (see row_sets)."""
 
-    A row of m codes has max(m - n + 1, 0) n-grams, in order. Returns: ([(offsets,
-    n-gram codes)] one per input, the n-gram code-space size).
-    """
-    codes, gram_size = ngram_codes(seqs, size, n)
-    return [within_rows(off, c, n) for (off, _), c in zip(seqs, codes)], gram_size
+    sizes: np.ndarray  # int64 [n]: distinct codes per row
+    keys: np.ndarray | None  # sorted unique keys row * key_size + code (with_keys)
+    groups: np.ndarray | None  # per element: dense id of its (row, code), row-major (with_groups)
+    n_groups: int  # number of distinct (row, code) pairs
 
 
-def row_sets(seqs: Sequence[Segmented], size: int) -> tuple[list[np.ndarray], int]:
-    """Each row's distinct codes as sorted unique keys ``row * key_size + code``.
+def row_sets(seqs: Sequence[Segmented], size: int, with_keys: bool = True,
+             with_groups: bool = False) -> tuple[list[RowSet], int]:
+    """Each row's distinct codes: how many, as sorted unique keys ``row * key_size + code``
+    and, with ``with_groups``, a dense id per element of its (row, code) pair.
 
-    Returns: ([keys int64, sorted] one per input, key_size). Keys of row i in different
-    inputs are comparable (same key_size and codes).
+    Returns: ([RowSet] one per input, key_size). Keys of row i in different inputs are
+    comparable (same key_size and codes); group ids are dense and increase with the row
+    (see row_local_ngrams).
     """
     rows = max((len(off) - 1 for off, _ in seqs), default=0)
     codes = [c for _, c in seqs]
     if max(rows, 1) * size > _KEY_LIMIT:
         codes, size = densify(codes)
 
-    def distinct(off: np.ndarray, c: np.ndarray) -> np.ndarray:
-        keys = row_index(off) * size + c
-        keys.sort()
-        keep = np.ones(len(keys), dtype=bool)
-        np.not_equal(keys[1:], keys[:-1], out=keep[1:])
-        return keys[keep]
+    def distinct(off: np.ndarray, c: np.ndarray) -> RowSet:
+        keys = row_index(off)
+        keys *= size
+        keys += c
+        groups = None
+        if with_groups:
+            keys, groups = _sort_with_groups(off, keys)
+        else:
+            keys.sort()  # row-major keys: every row keeps its place, so ``off`` still applies
+        new = np.ones(len(keys), dtype=bool)
+        np.not_equal(keys[1:], keys[:-1], out=new[1:])
+        if groups is not None:
+            groups = groups(new)
+        return RowSet(segment_sums(off, new), keys[new] if with_keys else None, groups,
+                      int(new.sum()))
 
-    out = parallel({k: functools.partial(distinct, off, c)
-                    for k, ((off, _), c) in enumerate(zip(seqs, codes))})
-    return list(out.values()), size
+    done = parallel({k: functools.partial(distinct, off, c)
+                     for k, ((off, _), c) in enumerate(zip(seqs, codes))})
+    return list(done.values()), size
 
 
-def set_sizes(keys: np.ndarray, size: int, n_rows: int) -> np.ndarray:
-    """Distinct items per row from row_sets keys -> int64 [n_rows]."""
-    return np.bincount(keys // size, minlength=n_rows)
+def _sort_with_groups(off: np.ndarray, keys: np.ndarray):
+    """Sort row-major keys; also return a function: new-key flags (in sorted order) ->
+    dense group id of every element in its original position."""
+    lengths = np.diff(off)
+    pos_bits = int(lengths.max(initial=1)).bit_length()
+    top = int(keys[-1]) if len(keys) else 0
+    if top.bit_length() + pos_bits <= 62:
+        # Pack each element's position in its row under its key: one plain (fast) sort
+        # then also says where every sorted element came from.
+        packed = keys << pos_bits
+        packed += np.arange(len(keys), dtype=np.int64) - np.repeat(off[:-1], lengths)
+        packed.sort()
+        origin = packed & ((1 << pos_bits) - 1)
+        origin += np.repeat(off[:-1], lengths)  # sorting kept every row in its place
+        sorted_keys = packed >> pos_bits
+    else:
+        origin = np.argsort(keys)
+        sorted_keys = keys[origin]
+
+    def groups(new: np.ndarray) -> np.ndarray:
+        out = np.empty(len(new), dtype=small_dtype(len(new)))
+        out[origin] = np.cumsum(new, dtype=out.dtype) - 1
+        return out
+
+    return sorted_keys, groups
+
+
+def distinct_per_row(offsets: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Distinct codes per row when codes are already row-major (every code of row i is
+    below every code of row i + 1) -> int64 [n]."""
+    codes = np.sort(codes)
+    new = np.ones(len(codes), dtype=bool)
+    np.not_equal(codes[1:], codes[:-1], out=new[1:])
+    return segment_sums(offsets, new)
 
 
 def intersection_sizes(keys_a: np.ndarray, keys_b: np.ndarray, size: int, n_rows: int) -> np.ndarray:

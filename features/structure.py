@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 
 from features import segments
 from features.parallel import parallel
-from features.text import ROLES_TEXT, RowSets, TextView, count, lengths, nonempty_items
+from features.text import ROLES_TEXT, TextView, count, lengths, nonempty_items
 from features.views import feature_frame, pair_views, safe_div
 
 GROUP = "structure"
@@ -63,9 +63,9 @@ COUNT_PATTERNS: dict[str, str] = {
 # in its whitespace chunks, so each distinct chunk (TextView.chunks) is searched once.
 # name -> (pattern, is a regex); "fences", "digits" and "upper" feed code_blocks,
 # digits / digit_share and upper_share.
+# (Single-character literals such as "?" are cheaper to find in the texts themselves.)
 _CHUNK_COUNTS: dict[str, tuple[str, bool]] = {
-    **{name: (COUNT_PATTERNS[name], True)
-       for name in ("numbers", "questions", "exclamations", "colons", "caps_runs")},
+    "numbers": (COUNT_PATTERNS["numbers"], True), "caps_runs": (COUNT_PATTERNS["caps_runs"], True),
     "fences": ("```", False), "digits": (r"[0-9]", True), "upper": (r"[A-Z]", True),
 }
 # Counts that get a log-ratio view (the rest are rare flags or ratios).
@@ -87,8 +87,9 @@ def _line_sets(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     offsets, lines = nonempty_items(lists)
     enc = pc.dictionary_encode(lines)
     codes = enc.indices.to_numpy(zero_copy_only=False)
-    (keys,), size = segments.row_sets([(offsets, codes)], max(len(enc.dictionary), 1))
-    n_unique = segments.set_sizes(keys, size, len(arr))
+    (lines,), _ = segments.row_sets([(offsets, codes)], max(len(enc.dictionary), 1),
+                                    with_keys=False)
+    n_unique = lines.sizes
     return np.diff(offsets).astype(np.float64), n_unique.astype(np.float64)
 
 
@@ -106,15 +107,15 @@ def _count(arr: pa.Array, pattern: str) -> np.ndarray:
     return out
 
 
-def _per_text(view: TextView, role: str, counted: dict, trigram_sets: RowSets) -> dict[str, np.ndarray]:
+def _per_text(view: TextView, role: str, counted: dict) -> dict[str, np.ndarray]:
     out = {name: counted[role, name] for name in COUNT_PATTERNS}
     out["code_blocks"] = np.ceil(counted[role, "fences"] / 2)  # an unclosed fence opens one
     out["refusal_flag"] = (out["refusal"] > 0).astype(np.float64)
     n_words = np.diff(view.words.seqs[role][0]).astype(np.float64)
-    unique = segments.set_sizes(view.word_sets.keys[role], view.word_sets.size, view.n)
+    unique = view.word_sets.sizes[role]
     out["lexdiv"] = safe_div(unique, n_words)
     out["rep_trigram"] = _repeated_fraction(
-        n_words - 2, segments.set_sizes(trigram_sets.keys[role], trigram_sets.size, view.n))
+        n_words - 2, view.trigram_counts[role])
     out["rep_lines"] = _repeated_fraction(*counted[role, "lines"])
     out["empty"] = (lengths(view.stripped[role]) == 0).astype(np.float64)
     chars = lengths(view.text[role])
@@ -124,17 +125,19 @@ def _per_text(view: TextView, role: str, counted: dict, trigram_sets: RowSets) -
     return out
 
 
-def _chunk_count(view: TextView, pattern: str, regex: bool) -> np.ndarray:
-    """Matches per text of every role (ROLES_TEXT order), via the distinct chunks -> [3n]."""
-    per_chunk = count(view.chunks.dictionary, pattern, regex).astype(np.int32)
-    return view.chunks.sums(per_chunk).astype(np.float64)
+def _chunk_counts(view: TextView) -> dict[str, np.ndarray]:
+    """_CHUNK_COUNTS name -> matches per text of every role (ROLES_TEXT order) [3n]."""
+    dictionary = view.chunks.dictionary
+    per_chunk = np.stack([count(dictionary, pattern, regex) for pattern, regex in
+                          _CHUNK_COUNTS.values()], axis=1) if len(dictionary) else \
+        np.zeros((0, len(_CHUNK_COUNTS)))
+    sums = view.chunks.sums(per_chunk.astype(np.int64)).astype(np.float64)
+    return {name: sums[:, j] for j, name in enumerate(_CHUNK_COUNTS)}
 
 
 def _count_tasks(view: TextView) -> dict:
     """(role or "all", name) -> task: every count and line set, to run in parallel."""
-    tasks = {}
-    for name, (pattern, regex) in _CHUNK_COUNTS.items():
-        tasks["all", name] = functools.partial(_chunk_count, view, pattern, regex)
+    tasks: dict = {("all", "chunks"): functools.partial(_chunk_counts, view)}
     for role, arr in view.text.items():
         for name, pattern in COUNT_PATTERNS.items():
             if name not in _CHUNK_COUNTS:
@@ -148,8 +151,8 @@ def _counted(view: TextView) -> dict:
     out = {}
     for (role, name), values in parallel(_count_tasks(view)).items():
         if role == "all":
-            out.update({(r, name): values[k * view.n:(k + 1) * view.n]
-                        for k, r in enumerate(ROLES_TEXT)})
+            out.update({(r, name): counts[k * view.n:(k + 1) * view.n]
+                        for name, counts in values.items() for k, r in enumerate(ROLES_TEXT)})
         else:
             out[role, name] = values
     return out
@@ -166,8 +169,7 @@ def structure_features(view: TextView, ids: Sequence[str]) -> pd.DataFrame:
     upper_share. ``lr`` only for the counts in _LOG_RATIO.
     """
     counted = _counted(view)
-    trigrams = view.ngram_sets(3)
-    per_role = {role: _per_text(view, role, counted, trigrams) for role in ("p", "a", "b")}
+    per_role = {role: _per_text(view, role, counted) for role in ("p", "a", "b")}
     cols: dict[str, np.ndarray] = {}
     for feature, values in per_role["p"].items():
         cols[f"{GROUP}__p_{feature}"] = values

@@ -10,6 +10,7 @@ import functools
 import re
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -61,21 +62,56 @@ class Chunks:
     offsets: np.ndarray
     plain: np.ndarray
 
+    @cached_property
+    def matrix(self):
+        """Sparse [n_texts, len(dictionary)] int8 matrix: one entry per chunk occurrence
+        (shares ``codes``; scipy comes with scikit-learn)."""
+        import scipy.sparse
+
+        offsets = self.offsets.astype(segments.small_dtype(int(self.offsets[-1])))
+        return scipy.sparse.csr_matrix((np.ones(len(self.codes), dtype=np.int8), self.codes, offsets),
+                                       shape=(len(self.offsets) - 1, len(self.dictionary)))
+
     def sums(self, per_chunk: np.ndarray) -> np.ndarray:
-        """Per distinct chunk values [len(dictionary)] -> their sum over each text [n_texts]."""
-        return segments.segment_sums(self.offsets, np.asarray(per_chunk)[self.codes])
+        """Integer values per distinct chunk, [len(dictionary)] or [len(dictionary), k] ->
+        their sums over each text's chunks, int64 [n_texts] or [n_texts, k]."""
+        # One sparse product instead of a gather as long as all chunks per column.
+        return self.matrix @ np.asarray(per_chunk, dtype=np.int64)
 
 
-def whitespace_chunks(arr: pa.Array) -> Chunks:
-    """Cut texts (Arrow string array without nulls) at ASCII whitespace -> Chunks."""
-    arr = arr.cast(pa.large_string()) if arr.type != pa.large_string() else arr
-    split = pc.ascii_split_whitespace(arr)
-    enc = pc.dictionary_encode(pc.list_flatten(split))
-    plain = ~np.asarray(pc.match_substring_regex(arr, _ODD_SPACE).to_numpy(zero_copy_only=False),
-                        dtype=bool)
-    return Chunks(dictionary=enc.dictionary,
-                  codes=enc.indices.to_numpy(zero_copy_only=False),
-                  offsets=split.offsets.to_numpy().astype(np.int64), plain=plain)
+def whitespace_chunks(arrays: pa.Array | Sequence[pa.Array], pieces: int = 2) -> Chunks:
+    """Cut texts (Arrow string arrays without nulls, taken one after another) at ASCII
+    whitespace -> Chunks.
+
+    Each array is cut into ``pieces`` row ranges that are split and dictionary-encoded in
+    parallel; the dictionaries are then unified, so the result does not depend on it.
+    """
+    arrays = [arrays] if isinstance(arrays, pa.Array) else list(arrays)
+    parts = []
+    for arr in arrays:
+        arr = arr.cast(pa.large_string()) if arr.type != pa.large_string() else arr
+        step = -(-len(arr) // pieces) if len(arr) else 1
+        parts += [arr.slice(start, step) for start in range(0, len(arr), step)]
+
+    def encode(arr: pa.Array) -> tuple:
+        split = pc.ascii_split_whitespace(arr)
+        odd = pc.match_substring_regex(arr, _ODD_SPACE).to_numpy(zero_copy_only=False)
+        return (pc.dictionary_encode(pc.list_flatten(split)),
+                split.offsets.to_numpy().astype(np.int64), np.asarray(odd, dtype=bool))
+
+    done = list(parallel({k: functools.partial(encode, arr) for k, arr in enumerate(parts)}).values())
+    if not done:
+        return Chunks(pa.array([], pa.large_string()), np.zeros(0, np.int32),
+                      np.zeros(1, np.int64), np.zeros(0, bool))
+    unified = pa.chunked_array([enc for enc, _, _ in done]).unify_dictionaries()
+    offsets = [np.zeros(1, dtype=np.int64)]
+    for _, off, _ in done:
+        offsets.append(off[1:] + offsets[-1][-1])
+    return Chunks(dictionary=unified.chunk(0).dictionary,
+                  codes=np.concatenate([c.indices.to_numpy(zero_copy_only=False)
+                                        for c in unified.chunks]),
+                  offsets=np.concatenate(offsets),
+                  plain=~np.concatenate([odd for _, _, odd in done]))
 
 
 def chunk_words(chunks: pa.Array) -> tuple[np.ndarray, pa.Array]:
@@ -109,8 +145,10 @@ class Coded:
 
 @dataclass(frozen=True)
 class RowSets:
-    """Per-role sorted keys of each row's distinct items (segments.row_sets), one key size."""
+    """Per role: each row's number of distinct items and their sorted keys (segments.row_sets,
+    one key size)."""
 
+    sizes: dict[str, np.ndarray]
     keys: dict[str, np.ndarray]
     size: int
 
@@ -180,8 +218,8 @@ class TextView:
         chunks                  Chunks of all texts, roles one after another (p, a, b)
         words                   Coded: each text's lower-cased words (punctuation removed,
                                 split at whitespace) as word codes shared by the roles
-        word_sets               RowSets: each row's distinct words per role, shared by
-                                structure and overlap; ngram_sets(n) the same for n-grams
+        word_sets, bigram_sets  RowSets: each row's distinct words / word bigrams per role
+        trigram_counts[r]       int64 arrays: distinct word trigrams per text
     """
 
     def __init__(self, frame: pd.DataFrame):
@@ -190,8 +228,7 @@ class TextView:
             raise ValueError(f"feature input lacks column(s) {missing}: expected the canonical "
                              "frame of pipeline.data (id, prompt, response_a, response_b)")
         self.n = len(frame)
-        self._ngram_full: dict[int, tuple[list[np.ndarray], int]] = {}
-        self._ngram_sets: dict[int, RowSets] = {}
+        self._word_groups: dict[str, segments.RowSet] = {}
         self.text: dict[str, pa.Array] = {}
         self.turns: dict[str, np.ndarray] = {}
         self.null_turns: dict[str, np.ndarray] = {}
@@ -210,7 +247,7 @@ class TextView:
     @cached_property
     def chunks(self) -> Chunks:
         """Chunks of the texts of every role, concatenated in ROLES_TEXT order."""
-        return whitespace_chunks(pa.concat_arrays(list(self.text.values())))
+        return whitespace_chunks(list(self.text.values()))
 
     def role_chunks(self, role: str) -> Segmented:
         """(offsets [n + 1], chunk codes) of one role's texts."""
@@ -239,29 +276,33 @@ class TextView:
 
     @cached_property
     def word_sets(self) -> RowSets:
-        """Each row's distinct words per role (segments.row_sets keys)."""
-        return self.ngram_sets(1)
+        """Each row's distinct words per role."""
+        sets, size = segments.row_sets(list(self.words.seqs.values()), self.words.size,
+                                       with_groups=True)
+        self._word_groups = {r: x for r, x in zip(ROLES_TEXT, sets)}
+        return RowSets({r: x.sizes for r, x in zip(ROLES_TEXT, sets)},
+                       {r: x.keys for r, x in zip(ROLES_TEXT, sets)}, size)
 
-    def ngram_sets(self, n: int) -> RowSets:
-        """Each row's distinct word n-grams (n consecutive words of one text) per role."""
-        if n not in self._ngram_sets:
-            codes, size = self._ngram_codes(n)
-            offsets = [off for off, _ in self.words.seqs.values()]
-            seqs = parallel({k: functools.partial(segments.within_rows, off, c, n)
-                             for k, (off, c) in enumerate(zip(offsets, codes))})
-            keys, key_size = segments.row_sets(list(seqs.values()), size)
-            self._ngram_sets[n] = RowSets(dict(zip(ROLES_TEXT, keys)), key_size)
-        return self._ngram_sets[n]
+    @cached_property
+    def bigram_sets(self) -> RowSets:
+        """Each row's distinct word bigrams (consecutive words of one text) per role."""
+        seqs = list(self.words.seqs.values())
+        codes, size = segments.ngram_codes(seqs, self.words.size, 2)
+        bigrams = parallel({k: functools.partial(segments.within_rows, off, c, 2)
+                            for k, ((off, _), c) in enumerate(zip(seqs, codes))})
+        sets, key_size = segments.row_sets(list(bigrams.values()), size)
+        return RowSets({r: x.sizes for r, x in zip(ROLES_TEXT, sets)},
+                       {r: x.keys for r, x in zip(ROLES_TEXT, sets)}, key_size)
 
-    def _ngram_codes(self, n: int) -> tuple[list[np.ndarray], int]:
-        """segments.ngram_codes of the words, built from the (n-1)-grams and kept."""
-        if n not in self._ngram_full:
-            seqs = list(self.words.seqs.values())
-            if n == 1:
-                self._ngram_full[1] = [c for _, c in seqs], self.words.size
-            else:
-                prev, size = self._ngram_codes(n - 1)
-                self._ngram_full[n] = segments.combine([g[:-1] for g in prev],
-                                                       [c[n - 1:] for _, c in seqs],
-                                                       size, self.words.size)
-        return self._ngram_full[n]
+    @cached_property
+    def trigram_counts(self) -> dict[str, np.ndarray]:
+        """Distinct word trigrams per text of each role, int64 [n]."""
+        self.word_sets  # noqa: B018 - sets self._word_groups
+
+        def count(role: str) -> np.ndarray:
+            off = self.words.seqs[role][0]
+            words = self._word_groups[role]
+            return segments.distinct_per_row(*segments.within_rows(
+                off, segments.row_local_ngrams(off, words.groups, words.sizes, 3), 3))
+
+        return parallel({r: functools.partial(count, r) for r in ROLES_TEXT})

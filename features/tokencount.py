@@ -139,7 +139,7 @@ class RustTokenCounter:
         return self._chunked(pa.array(list(texts), type=pa.large_string()))
 
 
-def chunked_counts(chunks: Chunks, texts: pa.Array, count_chunks: Callable[[pa.Array], np.ndarray],
+def chunked_counts(chunks: Chunks, texts: pa.Array | pa.ChunkedArray, count_chunks: Callable[[pa.Array], np.ndarray],
                    count_whole: Callable[[Sequence[str]], np.ndarray]) -> np.ndarray:
     """Token counts of ``texts`` (the Arrow array ``chunks`` was cut from) -> float64 [n].
 
