@@ -135,3 +135,13 @@ def test_bundled_minilm_tokenizer_chunk_sums_are_exact(texts):
     counter = token_counter("all-MiniLM-L6-v2")
     assert counter.chunk_additive, counter.reason
     assert counter(texts).tolist() == counter.count_whole(texts).tolist()
+
+
+def test_a_failing_chunk_count_falls_back_to_whole_texts(monkeypatch):
+    def broken(self, chunks):
+        raise TypeError("word id None")
+
+    monkeypatch.setattr(RustTokenCounter, "count_chunks", broken)
+    counter = RustTokenCounter(wordpiece())
+    assert not counter.chunk_additive and "counting chunks failed" in counter.reason
+    assert counter(["the cat"]).tolist() == [2]
