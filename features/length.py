@@ -14,9 +14,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from features import segments, tokencount
+from features import tokencount
 from features.parallel import parallel
-from features.text import ROLES_TEXT, TextView, count, lengths
+from features.text import ROLES_TEXT, TextView, count
 from features.views import feature_frame, pair_views
 
 GROUP = "length"
@@ -62,34 +62,34 @@ def token_counts(view: TextView, count_tokens: TokenCounter) -> dict[str, np.nda
     return out
 
 
-def _sentences(stripped: pa.Array) -> np.ndarray:
-    nonempty = lengths(stripped) > 0
+def _sentences(stripped: pa.Array, stripped_chars: np.ndarray) -> np.ndarray:
+    nonempty = stripped_chars > 0
     # Text that does not end in punctuation still holds one (last) sentence.
     ends = np.asarray(pc.match_substring_regex(stripped, r"[.!?]$").to_numpy(zero_copy_only=False),
                       dtype=bool)
     return count(stripped, _SENTENCE_END) + (nonempty & ~ends)
 
 
-def _plus_one_if_nonempty(values: np.ndarray, stripped: pa.Array) -> np.ndarray:
-    return np.where(lengths(stripped) > 0, values + 1, 0.0)
+def _plus_one_if_nonempty(values: np.ndarray, stripped_chars: np.ndarray) -> np.ndarray:
+    return np.where(stripped_chars > 0, values + 1, 0.0)
 
 
 def _counts(view: TextView) -> dict[str, dict[str, np.ndarray]]:
     """{role: {chars, words, lines, paragraphs, sentences}}, the columns counted in parallel."""
-    view.chunks, view.stripped  # noqa: B018 - shared by the tasks: build them first
+    view.chunks, view.stripped_chars  # noqa: B018 - shared by the tasks: build them first
     tasks: dict = {("all", "words"): functools.partial(_word_counts, view)}
-    for role, arr in view.text.items():
+    for role in view.text:
         stripped = view.stripped[role]
-        tasks[role, "chars"] = functools.partial(lengths, arr)
         tasks[role, "lines"] = functools.partial(count, stripped, "\n", regex=False)
         tasks[role, "paragraphs"] = functools.partial(count, stripped, _PARAGRAPH_BREAK)
-        tasks[role, "sentences"] = functools.partial(_sentences, stripped)
+        tasks[role, "sentences"] = functools.partial(_sentences, stripped, view.stripped_chars[role])
     done = parallel(tasks)
     words = done.pop(("all", "words"))
     for k, role in enumerate(ROLES_TEXT):
+        done[role, "chars"] = view.chars[role]
         done[role, "words"] = words[k * view.n:(k + 1) * view.n]
         for name in ("lines", "paragraphs"):
-            done[role, name] = _plus_one_if_nonempty(done[role, name], view.stripped[role])
+            done[role, name] = _plus_one_if_nonempty(done[role, name], view.stripped_chars[role])
     return {role: {name: done[role, name] for name in ("chars", "words", "lines", "paragraphs",
                                                        "sentences")} for role in ROLES_TEXT}
 

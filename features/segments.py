@@ -211,11 +211,12 @@ def _sort_with_groups(off: np.ndarray, keys: np.ndarray):
     if top.bit_length() + pos_bits <= 62:
         # Pack each element's position in its row under its key: one plain (fast) sort
         # then also says where every sorted element came from.
+        starts = np.repeat(off[:-1], lengths)
         packed = keys << pos_bits
-        packed += np.arange(len(keys), dtype=np.int64) - np.repeat(off[:-1], lengths)
+        packed += np.arange(len(keys), dtype=np.int64) - starts
         packed.sort()
         origin = packed & ((1 << pos_bits) - 1)
-        origin += np.repeat(off[:-1], lengths)  # sorting kept every row in its place
+        origin += starts  # sorting kept every row in its place
         sorted_keys = packed >> pos_bits
     else:
         origin = np.argsort(keys)

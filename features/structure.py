@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 
 from features import segments
 from features.parallel import parallel
-from features.text import ROLES_TEXT, TextView, count, lengths, nonempty_items
+from features.text import ROLES_TEXT, TextView, count, nonempty_items
 from features.views import feature_frame, pair_views, safe_div
 
 GROUP = "structure"
@@ -117,8 +117,8 @@ def _per_text(view: TextView, role: str, counted: dict) -> dict[str, np.ndarray]
     out["rep_trigram"] = _repeated_fraction(
         n_words - 2, view.trigram_counts[role])
     out["rep_lines"] = _repeated_fraction(*counted[role, "lines"])
-    out["empty"] = (lengths(view.stripped[role]) == 0).astype(np.float64)
-    chars = lengths(view.text[role])
+    out["empty"] = (view.stripped_chars[role] == 0).astype(np.float64)
+    chars = view.chars[role]
     out["digits"] = counted[role, "digits"]
     out["digit_share"] = safe_div(out["digits"], chars)
     out["upper_share"] = safe_div(counted[role, "upper"], chars)

@@ -214,6 +214,7 @@ class TextView:
         n                       number of rows
         text[r]                 Arrow large_string array of the joined turns, r in "p", "a", "b"
         stripped[r]             the same with surrounding whitespace removed
+        chars[r], stripped_chars[r]  float arrays: characters of text[r] / stripped[r]
         turns[r], null_turns[r] float arrays: number of turns, number of empty turns
         chunks                  Chunks of all texts, roles one after another (p, a, b)
         words                   Coded: each text's lower-cased words (punctuation removed,
@@ -243,6 +244,16 @@ class TextView:
     def stripped(self) -> dict[str, pa.Array]:
         """Texts without leading and trailing whitespace."""
         return {role: pc.utf8_trim_whitespace(arr) for role, arr in self.text.items()}
+
+    @cached_property
+    def chars(self) -> dict[str, np.ndarray]:
+        """Characters of each text, float64 [n] per role."""
+        return {role: lengths(arr) for role, arr in self.text.items()}
+
+    @cached_property
+    def stripped_chars(self) -> dict[str, np.ndarray]:
+        """Characters of each stripped text, float64 [n] per role (0: empty or blank)."""
+        return {role: lengths(arr) for role, arr in self.stripped.items()}
 
     @cached_property
     def chunks(self) -> Chunks:
