@@ -75,8 +75,14 @@ class Chunks:
     def sums(self, per_chunk: np.ndarray) -> np.ndarray:
         """Integer values per distinct chunk, [len(dictionary)] or [len(dictionary), k] ->
         their sums over each text's chunks, int64 [n_texts] or [n_texts, k]."""
-        # One sparse product instead of a gather as long as all chunks per column.
-        return self.matrix @ np.asarray(per_chunk, dtype=np.int64)
+        # One sparse product instead of a gather as long as all chunks per column. A
+        # vector goes in as a one-column matrix: scipy's matrix-vector product of the int8
+        # matrix measured 4-7x slower than its matrix-matrix product (0.4-0.7 s vs 0.1 s
+        # for 38M chunks), same integer result.
+        values = np.asarray(per_chunk, dtype=np.int64)
+        if values.ndim == 1:
+            return (self.matrix @ values[:, None])[:, 0]
+        return self.matrix @ values
 
 
 def whitespace_chunks(arrays: pa.Array | Sequence[pa.Array], pieces: int = 2) -> Chunks:
