@@ -132,7 +132,8 @@ def row_local_ngrams(offsets: np.ndarray, groups: np.ndarray, sizes: np.ndarray,
         return codes
     base = np.zeros(len(sizes), dtype=np.int64)
     np.cumsum(sizes[:-1], out=base[1:])
-    local = groups - np.repeat(base, np.diff(offsets))
+    local = np.repeat(base, np.diff(offsets))
+    np.subtract(groups, local, out=local)
     m = max(total - n + 1, 0)
     codes = groups[:m].astype(np.int64)
     for k in range(1, n):
@@ -204,27 +205,39 @@ def row_sets(seqs: Sequence[Segmented], size: int, with_keys: bool = True,
 
 def _sort_with_groups(off: np.ndarray, keys: np.ndarray):
     """Sort row-major keys; also return a function: new-key flags (in sorted order) ->
-    dense group id of every element in its original position."""
+    dense group id of every element in its original position. ``keys`` is reused (its
+    contents are lost)."""
     lengths = np.diff(off)
     pos_bits = int(lengths.max(initial=1)).bit_length()
     top = int(keys[-1]) if len(keys) else 0
     if top.bit_length() + pos_bits <= 62:
         # Pack each element's position in its row under its key: one plain (fast) sort
         # then also says where every sorted element came from.
+        # In place where the caller's arrays allow: each 8-byte temporary as long as the
+        # words is memory touched for the first time in a fresh process, which costs
+        # about as much as the arithmetic (measured on 2 cores: 0.1-0.2 s each at 38M).
         starts = np.repeat(off[:-1], lengths)
-        packed = keys << pos_bits
-        packed += np.arange(len(keys), dtype=np.int64) - starts
+        packed = keys
+        packed <<= pos_bits
+        local = np.arange(len(keys), dtype=np.int64)
+        local -= starts
+        packed += local
+        del local
         packed.sort()
         origin = packed & ((1 << pos_bits) - 1)
         origin += starts  # sorting kept every row in its place
-        sorted_keys = packed >> pos_bits
+        del starts
+        packed >>= pos_bits
+        sorted_keys = packed
     else:
         origin = np.argsort(keys)
         sorted_keys = keys[origin]
 
     def groups(new: np.ndarray) -> np.ndarray:
         out = np.empty(len(new), dtype=small_dtype(len(new)))
-        out[origin] = np.cumsum(new, dtype=out.dtype) - 1
+        ids = np.cumsum(new, dtype=out.dtype)
+        ids -= 1
+        out[origin] = ids
         return out
 
     return sorted_keys, groups
