@@ -21,7 +21,7 @@ from features.text import TextView
 from features.views import feature_frame, pair_views, safe_div
 
 GROUP = "overlap"
-VERSION = 1
+VERSION = 2  # 2: word splitting no longer uses pyarrow's nondeterministic utf8_split_whitespace
 
 
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:

@@ -22,7 +22,7 @@ from features.text import ROLES_TEXT, TextView, count, nonempty_items
 from features.views import feature_frame, pair_views, safe_div
 
 GROUP = "structure"
-VERSION = 1
+VERSION = 2  # 2: word splitting no longer uses pyarrow's nondeterministic utf8_split_whitespace
 
 _APOS = "['\u2019]"
 # Count features: name -> RE2 pattern, counted per text. Line-start patterns match after

@@ -27,6 +27,12 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 # Punctuation (ASCII and typographic quotes, dashes, ellipsis) becomes a space, so
 # "Python." and "python" are one word. RE2 syntax (Arrow): \x{...} is a code point.
 _PUNCT = r"[[:punct:]\x{2010}-\x{201F}\x{2026}]+"
+# The whitespace str.split breaks at beyond ASCII's (str.isspace: \x1c-\x1f, NEL, NBSP,
+# the Unicode spaces and separators). chunk_words turns these into an ASCII space and
+# splits with ascii_split_whitespace: pyarrow 26's utf8_split_whitespace gave different
+# results for the same array from call to call (a 16-string case in the tests).
+_WIDE_SPACE = (r"[\x{1C}-\x{1F}\x{85}\x{A0}\x{1680}\x{2000}-\x{200A}\x{2028}\x{2029}\x{202F}"
+               r"\x{205F}\x{3000}]+")
 # Chunks are cut at ASCII whitespace, where str.split and every whitespace-splitting
 # tokenizer split too. Two exceptions are flagged per text rather than handled: RE2's
 # \s (the ``words`` count) does not include \v, and BERT's normaliser deletes \v and \f
@@ -126,8 +132,9 @@ def chunk_words(chunks: pa.Array) -> tuple[np.ndarray, pa.Array]:
     Returns: (offsets int64 [len(chunks) + 1], flat Arrow array of the words).
     """
     norm = pc.replace_substring_regex(pc.utf8_lower(chunks), _PUNCT, " ")
+    norm = pc.replace_substring_regex(norm, _WIDE_SPACE, " ")
     # Unlike str.split, Arrow keeps an empty string for leading / trailing whitespace.
-    return nonempty_items(pc.utf8_split_whitespace(norm))
+    return nonempty_items(pc.ascii_split_whitespace(norm))
 
 
 def nonempty_items(lists: pa.Array) -> tuple[np.ndarray, pa.Array]:
