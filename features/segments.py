@@ -209,7 +209,7 @@ def _sort_with_groups(off: np.ndarray, keys: np.ndarray):
     contents are lost)."""
     lengths = np.diff(off)
     pos_bits = int(lengths.max(initial=1)).bit_length()
-    top = int(keys[-1]) if len(keys) else 0
+    top = int(keys.max()) if len(keys) else 0  # the last key need not be the largest
     if top.bit_length() + pos_bits <= 62:
         # Pack each element's position in its row under its key: one plain (fast) sort
         # then also says where every sorted element came from.

@@ -113,3 +113,15 @@ def test_expand_and_segment_sums(runs, picks):
     assert lengths.tolist() == [len(runs[c]) for c in codes]
     assert values.tolist() == [v for c in codes for v in runs[c]]
     assert segments.segment_sums(seg_off, seg_values).tolist() == [sum(r) for r in runs]
+
+
+def test_grouped_sort_checks_the_largest_key_not_the_last():
+    # One row whose last key is small but whose first key needs 62 bits: packing the
+    # position under every key would overflow int64, so the exact argsort path must run.
+    off = np.array([0, 3], dtype=np.int64)
+    keys = np.array([2**61 + 5, 7, 3], dtype=np.int64)
+    sorted_keys, groups = segments._sort_with_groups(off, keys.copy())
+    assert sorted_keys.tolist() == sorted(keys.tolist())
+    new = np.ones(3, dtype=bool)
+    new[1:] = sorted_keys[1:] != sorted_keys[:-1]
+    assert groups(new).tolist() == [2, 1, 0]  # dense ids in sorted order, at original places
