@@ -47,7 +47,8 @@ from pipeline.config import apply_overrides, load_config  # noqa: E402
 from pipeline.context import RunContext  # noqa: E402
 from pipeline.data import join_turns  # noqa: E402
 from pipeline.embed import embeddings_for  # noqa: E402
-from pipeline.stack import cross_fit_member, prepare_inputs  # noqa: E402
+from pipeline.crossfit import cross_fit_arrays  # noqa: E402
+from pipeline.stack import prepare_inputs  # noqa: E402
 from pipeline.stages import STAGES  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "pandalm_probe.md"
@@ -123,8 +124,8 @@ def main(argv=None) -> int:
         cols = list(frame.columns)
         swapped = swap_features(frame.assign(id=inp.train_ids))[cols]
         empty = np.zeros((0, len(cols)), np.float32)
-        fit = cross_fit_member(frame.to_numpy(np.float32), swapped.to_numpy(np.float32), inp.y,
-                               inp.train_ids, inp.folds, inp.groups, empty, empty, cols, seeds=seeds)
+        fit = cross_fit_arrays("lgbm", {}, frame.to_numpy(np.float32), swapped.to_numpy(np.float32),
+                               empty, empty, cols, inp.y, inp.folds, inp.groups, seeds=seeds)
         return log_loss(inp.y, fit.oof), accuracy(inp.y, fit.oof)
 
     prior = np.bincount(inp.y, minlength=3) / len(inp.y)

@@ -1,35 +1,32 @@
-"""Out-of-fold quality of the stack on the real benchmark files, one table.
+"""Side-by-side quality on the real benchmark files: class prior, three simple peers and
+their plain average, every candidate stack member, and the default stack, all on the
+project's shared folds (prompt-grouped, 5 folds), in one run.
 
 For each CSV in ``../shared/data/`` (Kaggle train layout, with labels): seeded whole prompts
 covering 5% of the rows (at least 20) are held out as a small test file, the rest is the
-training file. The
-real pipeline runs on them in-process (embed -> features -> stack, all through their
-caches) with members
+training file. The real pipeline runs on it in-process (embed -> features -> stack, all
+through their caches):
 
-    lgbm_length   LightGBM on the length and structure feature groups only
-    lgbm_all      LightGBM on every feature group
-    (finetuned)   the fine-tuned transformer's logits, when its cache holds them for the
-                  same training file and folds (run --stage finetune first)
+1. the stack with every candidate member of CANDIDATES (each cross-fitted and cached);
+2. the stack with the default config (its members are candidates of the same names and
+   settings, so they come from the cache): its nested soft-voting blend is "default stack",
+   and its submission is scored on the held-out rows;
+3. the peers of ``bench/peers.py`` on the same folds;
+4. every subset of the candidates blended the same nested way (each fold blended with
+   weights fitted on the other folds only): ``bench/results/quality_subsets.md``, the table
+   the default members were chosen from (best mean over files, every file counted).
 
-and the table reports, on the same five folds (grouped by prompt):
+The 95% interval of (default stack - best peer) and (default stack - peer average) comes
+from resampling prompts (1,000 bootstrap draws of whole prompt groups).
 
-    class prior   label shares of the training folds (the baseline)
-    length-only   the lgbm_length member's OOF predictions
-    all features  the lgbm_all member's OOF predictions
-    blend         the soft-voting blend, nested: each fold blended with weights (and
-                  temperature) fitted on the other folds only
-    held-out      the blend's submission scored on the held-out test rows (never trained on)
-
-Written to ``bench/results/quality.md``. Targets: blend < length-only < prior on every
-file; PandaLM blend <= 0.50 (prior 0.955), HH-RLHF harmless <= 0.66 (prior 0.693).
-
-    python bench/quality.py                 # both files (embedding ~3 min on 2 CPU cores)
+    python bench/quality.py                 # every file (embedding ~8 min on 2 CPU cores, once)
     python bench/quality.py --limit 300     # quick check on 300 rows per file
-    python bench/quality.py --finetune      # also fine-tune (GPU) and blend it in
 """
 from __future__ import annotations
 
 import argparse
+import itertools
+import json
 import logging
 import os
 import platform
@@ -43,7 +40,8 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pipeline.blend import accuracy, log_loss  # noqa: E402
+from bench import peers  # noqa: E402
+from pipeline.blend import accuracy, log_loss, nested_blend, normalize_proba, prior_oof  # noqa: E402
 from pipeline.catalog import Catalog, read_json, write_csv_atomic, write_text_atomic  # noqa: E402
 from pipeline.config import apply_overrides, load_config  # noqa: E402
 from pipeline.context import RunContext  # noqa: E402
@@ -51,8 +49,17 @@ from pipeline.data import LABEL_COLUMNS  # noqa: E402
 from pipeline.stages import STAGES  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "quality.md"
-TARGETS = {"pandalm_test": 0.50, "hh_rlhf_harmless_base_test": 0.66}
-MEMBERS = {"lgbm_length": ["length", "structure"], "lgbm_all": ["all"]}
+SUBSETS = REPO / "bench" / "results" / "quality_subsets.md"
+# Candidate members; the default stack.members is the subset chosen from these.
+CANDIDATES = {
+    "lgbm_all": ["all"],
+    "lgbm_tfidf": {"kind": "lgbm", "inputs": ["tfidf", "length", "structure", "overlap"]},
+    "linear_tfidf": {"kind": "linear", "inputs": ["tfidf"]},
+    "linear_emb": {"kind": "linear", "inputs": ["embedding-full"]},
+    "linear_len": {"kind": "linear", "inputs": ["length"]},
+}
+PEERS = ("length_lr", "tfidf_lgbm", "emb_lr")
+MARGIN = 0.005  # the stack must beat the best peer and the peer average by this much
 
 
 def split_file(path: Path, out_dir: Path, limit: int | None, seed: int) -> tuple[Path, Path, pd.DataFrame]:
@@ -77,78 +84,188 @@ def split_file(path: Path, out_dir: Path, limit: int | None, seed: int) -> tuple
     return train_path, test_path, df[test_rows].reset_index(drop=True)
 
 
-def run_file(path: Path, workdir: Path, limit: int | None, base_cfg, seed: int,
-             finetune: bool = False) -> dict:
-    """The pipeline on one file; returns the row of the results table."""
+def _ctx(cfg, workdir: Path, train_path: Path, test_path: Path) -> RunContext:
+    return RunContext(config=cfg, catalog=Catalog(workdir), train_path=train_path,
+                      test_path=test_path, device_request=cfg.device)
+
+
+def bootstrap_diff(y, p1, p2, groups, n: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """95% interval of mean log loss(p1) - log loss(p2), resampling whole prompt groups."""
+    l1 = -np.log(normalize_proba(p1)[np.arange(len(y)), y])
+    l2 = -np.log(normalize_proba(p2)[np.arange(len(y)), y])
+    d = l1 - l2
+    codes, uniq = pd.factorize(pd.Series(groups))
+    sums = np.bincount(codes, weights=d, minlength=len(uniq))
+    counts = np.bincount(codes, minlength=len(uniq))
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(uniq), (n, len(uniq)))
+    means = sums[draws].sum(axis=1) / counts[draws].sum(axis=1)
+    return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
+
+
+def _peer_oof(workdir: Path, stem: str, name: str, run, key) -> np.ndarray:
+    """A peer's OOF probabilities, cached by its code (bench/peers.py, the learners), the
+    file, labels, folds and seeds, so rerunning the bench refits only what changed."""
+    from pipeline.catalog import hash_key
+    from pipeline.views import array_hash
+
+    learner = "lgbm" if name == "tfidf_lgbm" else "linear"
+    code = [(REPO / f).read_text() for f in ("bench/peers.py", "pipeline/crossfit.py",
+                                             f"pipeline/learners/{learner}.py")]
+    path = workdir / "peers" / f"{stem}-{name}-{hash_key(code, array_hash(key[0], key[1]), key[2])}.npy"
+    if path.is_file():
+        return np.load(path)
+    oof = run().oof
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.save(path, oof)
+    return oof
+
+
+def run_file(path: Path, workdir: Path, limit: int | None, base_cfg, seed: int) -> dict:
+    """Candidates, default stack and peers on one file; returns its results."""
+    from pipeline.embed import embeddings_for
+    from pipeline.folds import load_or_make_folds, prompt_groups
+
     stem = path.stem
     data_dir = workdir / "bench_data" / (stem + (f"-limit{limit}" if limit else ""))
     train_path, test_path, held = split_file(path, data_dir, limit, seed)
-    cfg = apply_overrides(base_cfg, {"name": f"quality-{data_dir.name}",
-                                     "stack": {"n_folds": 5, "members": MEMBERS}})
-    ctx = RunContext(config=cfg, catalog=Catalog(workdir), train_path=train_path,
-                     test_path=test_path, device_request=cfg.device)
     t0 = time.perf_counter()
-    stages = ("embed", "features") + (("finetune",) if finetune else ()) + ("stack",)
-    for name in stages:
+    cand_cfg = apply_overrides(base_cfg, {"name": f"quality-candidates-{data_dir.name}",
+                                          "stack": {"members": CANDIDATES, "use_finetune": False}})
+    ctx = _ctx(cand_cfg, workdir, train_path, test_path)
+    for name in ("embed", "features", "stack"):
         STAGES[name].load()(ctx)
-    elapsed = time.perf_counter() - t0
-    m = read_json(ctx.run_dir / "metrics.json")
-    sub = pd.read_csv(ctx.run_dir / "submission.csv", dtype={"id": str})
+    cand_seconds = time.perf_counter() - t0
+    cand_metrics = read_json(ctx.run_dir / "metrics.json")
+    oof = pd.read_parquet(ctx.run_dir / "oof.parquet")
+    y = oof["label"].to_numpy().astype(np.int64)
+    folds = oof["fold"].to_numpy().astype(np.int64)
+    members = {n: oof[[f"{n}_a", f"{n}_b", f"{n}_tie"]].to_numpy() for n in CANDIDATES}
+
+    t0 = time.perf_counter()
+    def_cfg = apply_overrides(base_cfg, {"name": f"quality-default-{data_dir.name}",
+                                         "stack": {"use_finetune": False}})
+    dctx = _ctx(def_cfg, workdir, train_path, test_path)
+    STAGES["stack"].load()(dctx)
+    default_seconds = time.perf_counter() - t0
+    m = read_json(dctx.run_dir / "metrics.json")
+    d_oof = pd.read_parquet(dctx.run_dir / "oof.parquet")
+    stack_p = d_oof[["blend_a", "blend_b", "blend_tie"]].to_numpy()
+    sub = pd.read_csv(dctx.run_dir / "submission.csv", dtype={"id": str})
     y_held = np.argmax(held[list(LABEL_COLUMNS)].astype(int).to_numpy(), axis=1)
     p_held = sub[list(LABEL_COLUMNS)].to_numpy()
-    row = {
-        "file": stem, "train_rows": m["rows"], "held_rows": len(held),
-        "prior": (m["prior_log_loss"], m["prior_accuracy"]),
-        "length": (m["members"]["lgbm_length"]["oof_log_loss"], m["members"]["lgbm_length"]["oof_accuracy"]),
-        "all": (m["members"]["lgbm_all"]["oof_log_loss"], m["members"]["lgbm_all"]["oof_accuracy"]),
-        "blend": (m["oof_log_loss"], m["oof_accuracy"]),
-        "in_sample": m["oof_log_loss_in_sample_blend"],
-        "held": (log_loss(y_held, p_held), accuracy(y_held, p_held)),
-        "finetune": m.get("finetune_member"),
-        "weights": m["blend_weights"], "temperature": m["blend_temperature"],
-        "seconds": elapsed, "n_features": m["n_features"],
+
+    train, test = ctx.dataset.train, ctx.dataset.test
+    assert (train["id"].astype(str).to_numpy() == oof["id"].to_numpy()).all()
+    groups = prompt_groups(train)
+    kw = {"seeds": tuple(def_cfg.stack.seeds)}
+    t0 = time.perf_counter()
+    model = def_cfg.embed.models[0]
+    runs = {
+        "length_lr": lambda: peers.length_lr(train, test, y, folds, groups, **kw),
+        "tfidf_lgbm": lambda: peers.tfidf_lgbm(train, test, y, folds, groups, **kw),
+        "emb_lr": lambda: peers.emb_lr(embeddings_for(ctx, train, model),
+                                       embeddings_for(ctx, test, model), y, folds, groups, **kw),
     }
-    if row["finetune"]:
-        ft = m["members"][row["finetune"]]
-        row["ft"] = (ft["oof_log_loss"], ft["oof_accuracy"])
-    return row
+    peer_p = {n: _peer_oof(workdir, data_dir.name, n, run, (y, folds, kw)) for n, run in runs.items()}
+    peer_seconds = time.perf_counter() - t0
+    peer_p["peer_average"] = 0.5 * (peer_p["tfidf_lgbm"] + peer_p["emb_lr"])
+    scores = {n: log_loss(y, p) for n, p in peer_p.items()}
+    best_peer = min(PEERS, key=lambda n: scores[n])
+    subsets = {}
+    names = list(CANDIDATES)
+    for r in range(1, len(names) + 1):
+        for combo in itertools.combinations(names, r):
+            nested, _ = nested_blend([members[n] for n in combo], y, folds, temperature=False)
+            subsets["+".join(combo)] = log_loss(y, nested)
+    return {
+        "file": stem, "rows": len(y), "held_rows": len(held),
+        "prior": log_loss(y, prior_oof(y, folds)),
+        "peers": {n: (scores[n], accuracy(y, p)) for n, p in peer_p.items()},
+        "members": {n: (cand_metrics["members"][n]["oof_log_loss"],
+                        cand_metrics["members"][n]["oof_accuracy"]) for n in CANDIDATES},
+        "stack": (m["oof_log_loss"], m["oof_accuracy"]),
+        "default_members": list(m["member_names"]),
+        "weights": m["blend_weights"],
+        "best_peer": best_peer,
+        "ci_best": bootstrap_diff(y, stack_p, peer_p[best_peer], groups),
+        "ci_avg": bootstrap_diff(y, stack_p, peer_p["peer_average"], groups),
+        "held": (log_loss(y_held, p_held), accuracy(y_held, p_held)),
+        "subsets": subsets,
+        "seconds": {"candidates": cand_seconds, "default": default_seconds, "peers": peer_seconds},
+        "member_seconds": {n: cand_metrics["timing"].get(f"member_{n}_s") for n in CANDIDATES},
+    }
 
 
 def _cell(pair) -> str:
     return f"{pair[0]:.4f} / {pair[1]:.3f}"
 
 
-def table(rows: list[dict], limit: int | None) -> str:
-    """Markdown results with the targets checked."""
+def table(rows: list[dict], limit: int | None, load: str) -> str:
+    """Markdown: the side-by-side table with the targets checked."""
+    cols = ["class prior", "length LR", "TF-IDF + LightGBM", "MiniLM + LR", "peer average"]
+    cols += [f"member {n}" for n in CANDIDATES] + ["**default stack**", "stack - best peer (95% CI)",
+                                                   "stack - peer avg (95% CI)", "held-out", "target met"]
     lines = [
         "# Stack quality on the real benchmark files",
         "",
-        f"Five-fold OOF log loss / accuracy (folds grouped by prompt, same folds for every "
-        f"column); {'a seeded sample of ' + str(limit) + ' rows per file; ' if limit else ''}"
-        f"whole prompts covering 5% of each file (min 20 rows) held out as a test file and scored at the end. "
-        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}. "
-        f"Embeddings: the bundled all-MiniLM-L6-v2. Written {time.strftime('%Y-%m-%d %H:%M')} by "
-        "`python bench/quality.py" + (f" --limit {limit}" if limit else "") + "`.",
+        "Five-fold OOF log loss / accuracy, folds grouped by prompt, the same folds for every column. "
+        f"{'A seeded sample of ' + str(limit) + ' rows per file; ' if limit else ''}"
+        "whole prompts covering 5% of each file (min 20 rows) held out as a test file and scored at the end. "
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}, "
+        f"load average at start {load}. Embeddings: the bundled all-MiniLM-L6-v2. "
+        f"Written {time.strftime('%Y-%m-%d %H:%M')} by `python bench/quality.py"
+        + (f" --limit {limit}" if limit else "") + "`. Default members: "
+        + (", ".join(rows[0]["default_members"]) if rows else "-") + ".",
         "",
-        "| file | train rows | class prior | LightGBM length+structure | LightGBM all features "
-        "| fine-tuned | blend (nested) | blend in-sample (optimistic) | held-out test | blend weights | target met |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| file | rows | " + " | ".join(cols) + " |",
+        "|---|---|" + "---|" * len(cols),
     ]
     for r in rows:
-        checks = [r["blend"][0] < r["length"][0], r["length"][0] < r["prior"][0]]
-        target = TARGETS.get(r["file"])
-        if target is not None:
-            checks.append(r["blend"][0] <= target)
-        verdict = ("yes" if all(checks) else "**no**") + (f" (<= {target})" if target else "")
-        weights = ", ".join(f"{n} {w:.2f}" for n, w in r["weights"].items()) + f"; T {r['temperature']:.2f}"
-        lines.append(
-            f"| {r['file']} | {r['train_rows']} | {_cell(r['prior'])} | {_cell(r['length'])} | "
-            f"{_cell(r['all'])} | {_cell(r['ft']) if r.get('ft') else 'not cached'} | "
-            f"**{_cell(r['blend'])}** | {r['in_sample']:.4f} | {_cell(r['held'])} ({r['held_rows']} rows) | "
-            f"{weights} | {verdict} |")
-    lines += ["", "Pipeline time per file (embed + features + stack, caches as found): " +
-              ", ".join(f"{r['file']} {r['seconds']:.0f} s ({r['n_features']} features)" for r in rows), ""]
-    return "\n".join(lines)
+        best = r["peers"][r["best_peer"]][0]
+        avg = r["peers"]["peer_average"][0]
+        met = r["stack"][0] <= min(best, avg) - MARGIN
+        cells = [f"{r['prior']:.4f}"] + [_cell(r["peers"][n]) for n in (*PEERS, "peer_average")]
+        cells += [_cell(r["members"][n]) for n in CANDIDATES]
+        cells += [f"**{_cell(r['stack'])}**",
+                  f"{r['stack'][0] - best:+.4f} ({r['ci_best'][0]:+.4f}, {r['ci_best'][1]:+.4f})",
+                  f"{r['stack'][0] - avg:+.4f} ({r['ci_avg'][0]:+.4f}, {r['ci_avg'][1]:+.4f})",
+                  f"{_cell(r['held'])} ({r['held_rows']} rows)",
+                  ("yes" if met else "**no**") + f" (<= {min(best, avg) - MARGIN:.4f})"]
+        lines.append(f"| {r['file']} | {r['rows']} | " + " | ".join(cells) + " |")
+    lines += ["", "Blend weights of the default stack (on all OOF rows): "]
+    for r in rows:
+        lines.append(f"- {r['file']}: " + ", ".join(f"{n} {w:.2f}" for n, w in r["weights"].items()))
+    lines += ["", "Seconds per file (candidates incl. embed/features as cached; default stack; peers) "
+              "and per candidate member:"]
+    for r in rows:
+        s = r["seconds"]
+        lines.append(f"- {r['file']}: {s['candidates']:.0f} / {s['default']:.0f} / {s['peers']:.0f}; "
+                     + ", ".join(f"{n} {v}" for n, v in r["member_seconds"].items()))
+    return "\n".join(lines) + "\n"
+
+
+def subsets_table(rows: list[dict]) -> str:
+    """Markdown: nested-blend OOF log loss of every subset of the candidates, per file."""
+    names = list(rows[0]["subsets"])
+    files = [r["file"] for r in rows]
+    margin = {r["file"]: min(r["peers"][r["best_peer"]][0], r["peers"]["peer_average"][0]) for r in rows}
+    scored = []
+    for n in names:
+        vals = [r["subsets"][n] for r in rows]
+        wins = sum(v <= margin[f] - MARGIN for v, f in zip(vals, files))
+        scored.append((float(np.mean(vals)), n, vals, wins))
+    scored.sort()
+    lines = ["# Every subset of the candidate members, nested soft-voting blend", "",
+             "OOF log loss per file (same folds as quality.md); 'files won' counts files where the "
+             f"subset beats the best peer and the peer average by >= {MARGIN}. Sorted by the mean.", "",
+             "| members | " + " | ".join(files) + " | mean | files won |",
+             "|---|" + "---|" * (len(files) + 2)]
+    for mean, n, vals, wins in scored:
+        lines.append(f"| {n} | " + " | ".join(f"{v:.4f}" for v in vals) + f" | {mean:.4f} | {wins} |")
+    lines += ["", "Bar per file (min of best peer and peer average, minus the margin): "
+              + ", ".join(f"{f} {margin[f] - MARGIN:.4f}" for f in files)]
+    return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:
@@ -158,25 +275,33 @@ def main(argv=None) -> int:
     p.add_argument("--workdir", type=Path, default=Path(os.environ.get("PREFSTACK_BENCH_DIR", "/tmp/prefstack-bench")),
                    help="pipeline workdir for the bench (caches kept between runs)")
     p.add_argument("--limit", type=int, default=None, help="seeded sample of N rows per file")
+    p.add_argument("--only", nargs="*", default=None, help="file stems to run (default: all)")
     p.add_argument("--config", type=Path, default=None, help="experiment YAML to start from")
     p.add_argument("--seed", type=int, default=0, help="seed of the held-out split")
     p.add_argument("--out", type=Path, default=RESULTS)
-    p.add_argument("--finetune", action="store_true",
-                   help="also run --stage finetune on each file (GPU advised) so the blend includes it")
+    p.add_argument("--json", type=Path, default=None, help="also write the raw results as JSON")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
     for noisy in ("sentence_transformers", "transformers", "matplotlib", "PIL", "httpx"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     files = sorted(args.data.glob("*.csv"))
+    if args.only:
+        files = [f for f in files if f.stem in args.only]
     if not files:
         raise SystemExit(f"no CSV files in {args.data}: pass --data DIR")
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     base = load_config(args.config)
-    rows = [run_file(f, args.workdir, args.limit, base, args.seed, args.finetune) for f in files]
-    text = table(rows, args.limit)
+    rows = [run_file(f, args.workdir, args.limit, base, args.seed) for f in files]
+    text = table(rows, args.limit, load)
+    sub = subsets_table(rows)
     print(text)
+    print(sub)
     if args.out:
         write_text_atomic(args.out, text)
+        write_text_atomic(args.out.with_name(args.out.stem + "_subsets.md"), sub)
+    if args.json:
+        write_text_atomic(args.json, json.dumps(rows, indent=1, default=float))
     return 0
 
 

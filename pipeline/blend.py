@@ -166,3 +166,63 @@ def prior_oof(y: np.ndarray, folds: np.ndarray, eps: float = 1e-6) -> np.ndarray
         counts = np.bincount(y[~held], minlength=N_CLASSES).astype(np.float64)
         out[held] = counts / counts.sum()
     return normalize_proba(out, eps)
+
+
+# ---------------------------------------------------------------- level-2 meta-learner
+
+SWAP_PERM = np.array([1, 0, 2])
+
+
+def _meta_features(probas: list[np.ndarray], eps: float) -> np.ndarray:
+    return np.hstack([np.log(normalize_proba(p, eps)) for p in probas])
+
+
+@dataclass(frozen=True)
+class MetaFit:
+    """Level-2 multinomial logistic regression on members' log-probabilities."""
+
+    model: object
+
+    def apply(self, probas: list[np.ndarray], eps: float = 1e-6) -> np.ndarray:
+        """Probabilities [n, 3]: the mean of both A/B orders (swap TTA), rows sum to 1."""
+        p = _meta_proba(self.model, _meta_features(probas, eps))
+        p_sw = _meta_proba(self.model, _meta_features([q[:, SWAP_PERM] for q in probas], eps))
+        return normalize_proba(0.5 * (p + p_sw[:, SWAP_PERM]), eps)
+
+
+def _meta_proba(model, X: np.ndarray) -> np.ndarray:
+    out = np.zeros((len(X), N_CLASSES))
+    out[:, model.classes_] = model.predict_proba(X)
+    return out
+
+
+def fit_meta(probas: list[np.ndarray], y: np.ndarray, C: float = 0.1, eps: float = 1e-6) -> MetaFit:
+    """Fit the level-2 learner on OOF member probabilities (both A/B orders).
+
+    ``probas``: M arrays [n, 3] on the rows of labels ``y`` [n]. Strongly regularised
+    (``C``): it has 3M inputs and is fitted on OOF rows only.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    y = np.asarray(y)
+    X = np.vstack([_meta_features(probas, eps),
+                   _meta_features([p[:, SWAP_PERM] for p in probas], eps)])
+    yy = np.concatenate([y, SWAP_PERM[y]])
+    model = LogisticRegression(C=C, max_iter=1000).fit(X, yy)
+    return MetaFit(model=model)
+
+
+def nested_meta(probas: list[np.ndarray], y: np.ndarray, folds: np.ndarray, C: float = 0.1,
+                eps: float = 1e-6) -> np.ndarray:
+    """Honest level-2 score: fold k predicted by a meta-learner fitted on the other folds.
+
+    Returns: float64 [n, 3].
+    """
+    y = np.asarray(y)
+    folds = np.asarray(folds)
+    out = np.zeros((len(y), N_CLASSES))
+    for k in np.unique(folds):
+        held = folds == k
+        fit = fit_meta([p[~held] for p in probas], y[~held], C, eps)
+        out[held] = fit.apply([p[held] for p in probas], eps)
+    return out

@@ -92,11 +92,22 @@ class StackConfig:
     refit: bool = False
     # LightGBM parameters merged over the defaults in pipeline.stack.
     lgbm_params: dict = field(default_factory=dict)
-    # LightGBM members: name -> list of feature groups it sees ("all" = every group), or
-    # {groups: [...], params: {...}} with LightGBM params of that member only.
+    # Members: name -> {kind, inputs, params}. kind: a learner of pipeline.learners ("lgbm",
+    # "linear"); inputs: feature groups ("length", ..., "all") and/or views ("tfidf",
+    # "embedding-full", or {tfidf: {fit: all, ...}}); params: the learner's own (for lgbm,
+    # merged over lgbm_params). A bare list of groups is an lgbm member.
     members: dict = field(default_factory=lambda: {"lgbm_all": ["all"]})
+    # Settings of the tfidf view (features.ngram.DEFAULTS, plus fit: fold | all and
+    # mode: auto | sparse | svd); a member's {tfidf: {...}} input overrides them.
+    tfidf: dict = field(default_factory=dict)
     # Blend in the fine-tuned transformer's out-of-fold logits when they exist.
     use_finetune: bool = True
+    # How members are combined: "soft_vote" (weighted average, weights on the simplex) or
+    # "meta" (a level-2 multinomial logistic regression on members' log-probabilities, both
+    # A/B orders). Both are scored nested and reported side by side whichever is chosen.
+    blend: str = "soft_vote"
+    # Inverse regularisation of the level-2 learner (3 inputs per member, OOF rows only).
+    meta_C: float = 0.03
     # Fit a temperature on the blended probabilities (nested like the weights). Off by
     # default: LightGBM's probabilities are already calibrated and the fitted temperature
     # made the nested score worse on both benchmark files (+0.002); worth trying with a

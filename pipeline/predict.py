@@ -1,14 +1,16 @@
 """--stage predict: score new pairs with a finished run's saved models (no retraining).
 
-Reads ``runs/<run>/models/manifest.json`` (members, their feature columns and booster
-files, blend weights, temperature, swap TTA), computes the same features for the new
-file with ``pipeline.featurize.features_for`` under the run's own saved config, averages
-each member's fold/seed boosters (both A/B orders when the run used swap TTA), blends
-with the saved weights and writes the Kaggle submission format.
+Reads ``runs/<run>/models/manifest.json`` (members: learner kind, views, fitted learner and
+view-state files with their SHA-256; blend weights, temperature, swap TTA), computes the
+same features for the new file with ``pipeline.featurize.features_for`` under the run's
+own saved config, loads every member through the learner registry, applies each fold's
+saved view states and averages its fold/seed learners (both A/B orders when the run used
+swap TTA), blends with the saved weights and writes the Kaggle submission format.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import time
 from pathlib import Path
@@ -33,39 +35,63 @@ def load_manifest(run_dir: Path) -> dict:
     return read_json(path)
 
 
-def lgbm_member_proba(models_dir: Path, member: dict, X: np.ndarray,
-                      X_swapped: np.ndarray | None) -> np.ndarray:
-    """Mean probability [n, 3] over a member's saved boosters (swap TTA when X_swapped)."""
-    import lightgbm as lgb
+def member_proba(models_dir: Path, name: str, member: dict, src, ctx=None) -> np.ndarray:
+    """Mean probability [n, 3] over a member's saved fold/seed learners for the rows of
+    ``src`` (pipeline.views.Source), each fold's views applied with that fold's saved state
+    and both A/B orders averaged when the run used swap TTA (``member['swap_tta']``)."""
+    from pipeline.crossfit import predict_tta
+    from pipeline.learners.base import learner_class, load_learner
+    from pipeline.stack import hstack
+    from pipeline.views import state_from_bytes, view_from_description
 
-    from pipeline.stack import predict_tta, text_digest
+    digests = member["sha256"]
 
-    total = np.zeros((len(X), 3))
-    digests = member.get("booster_sha256", {})
-    for rel in member["boosters"]:
+    def read(rel: str) -> bytes:
         path = models_dir / rel
         try:
-            text = path.read_text(encoding="utf-8")
+            data = path.read_bytes()
         except OSError as exc:
-            raise DataError(f"{path}: cannot read the saved booster ({exc}); rerun --stage "
+            raise DataError(f"{path}: cannot read the saved model ({exc}); rerun --stage "
                             "stack for this experiment") from exc
-        if rel in digests and text_digest(text) != digests[rel]:
+        if digests.get(rel) != hashlib.sha256(data).hexdigest():
             raise DataError(f"{path} does not match the SHA-256 recorded in "
                             f"{models_dir / 'manifest.json'} (truncated or edited); rerun "
                             "--stage stack for this experiment")
-        booster = lgb.Booster(model_str=text)
-        total += predict_tta(booster, X, X_swapped)
-    return total / len(member["boosters"])
+        return data
+
+    views = [view_from_description(d, ctx.config if ctx is not None else None)
+             for d in member["views"]]
+    try:
+        preps = [v.prepare(ctx, src) for v in views]
+    except ValueError as exc:
+        raise DataError(f"member {name!r}: {exc}") from None
+    sparse_ok = learner_class(member["kind"]).accepts_sparse
+    total, count = np.zeros((len(src.frame), 3)), 0
+    by_fold: dict[int, list[str]] = {}
+    for ks, rel in member["models"].items():
+        by_fold.setdefault(int(ks.split(",")[0]), []).append(rel)
+    for k, rels in sorted(by_fold.items()):
+        states = member["view_states"].get(str(k), {})
+        blocks, blocks_sw = [], []
+        for view, prep in zip(views, preps):
+            state = state_from_bytes(read(states[view.name])) if view.name in states else None
+            X, Xs, _ = view.transform(state, prep)
+            blocks.append(X), blocks_sw.append(Xs)
+        X, Xs = hstack(blocks, sparse_ok), hstack(blocks_sw, sparse_ok)
+        for rel in rels:
+            learner = load_learner(member["kind"], read(rel))
+            total += predict_tta(learner, X, Xs if member.get("swap_tta", True) else None)
+            count += 1
+    return total / count
 
 
-def score_features(manifest: dict, models_dir: Path, feats: pd.DataFrame,
-                   feats_swapped: pd.DataFrame | None,
-                   finetune_proba: np.ndarray | None = None) -> np.ndarray:
-    """Blended probabilities [n, 3] for rows with features ``feats`` (id + columns).
+def score_features(manifest: dict, models_dir: Path, src,
+                   finetune_proba: np.ndarray | None = None, ctx=None) -> np.ndarray:
+    """Blended probabilities [n, 3] for the rows of ``src`` (pipeline.views.Source: the
+    canonical frame and its dense features, both A/B orders).
 
-    ``feats_swapped``: the same rows' features with A and B exchanged (needed when the run
-    used swap TTA); ``finetune_proba``: the fine-tuned member's probabilities, when the
-    run blended one in. Rows sum to 1 after clipping to the run's clip_eps.
+    ``finetune_proba``: the fine-tuned member's probabilities, when the run blended one in.
+    Rows sum to 1 after clipping to the run's clip_eps.
     """
     eps = manifest["clip_eps"]
     probas = []
@@ -77,15 +103,18 @@ def score_features(manifest: dict, models_dir: Path, feats: pd.DataFrame,
                                 "predictions were not given")
             probas.append(finetune_proba)
             continue
-        missing = [c for c in member["columns"] if c not in feats.columns]
-        if missing:
-            raise DataError(f"member {name!r} needs feature columns the new features lack "
-                            f"(e.g. {missing[:3]}); the feature code or config changed since "
-                            "the run was fitted: rerun --stage stack")
-        X = feats[member["columns"]].to_numpy(np.float32)
-        Xs = (feats_swapped[member["columns"]].to_numpy(np.float32)
-              if manifest["swap_tta"] else None)
-        probas.append(lgbm_member_proba(models_dir, member, X, Xs))
+        member = {**member, "swap_tta": manifest["swap_tta"]}
+        probas.append(member_proba(models_dir, name, member, src, ctx))
+    if manifest.get("blend", "soft_vote") == "meta":
+        import pickle
+
+        path = models_dir / manifest["meta_model"]
+        data = path.read_bytes()
+        if hashlib.sha256(data).hexdigest() != manifest["meta_sha256"]:
+            raise DataError(f"{path} does not match the SHA-256 recorded in "
+                            f"{models_dir / 'manifest.json'}; rerun --stage stack")
+        meta = pickle.loads(data)  # noqa: S301 (our own file, checked above)
+        return normalize_proba(meta.apply(probas, eps), eps)
     weights = np.array([manifest["weights"][n] for n in manifest["member_order"]])
     return normalize_proba(blend(probas, weights, manifest["temperature"], eps), eps)
 
@@ -94,6 +123,7 @@ def run_stage(ctx) -> None:
     """Write runs/<run>/predictions.csv (or --out) for the pairs in --test."""
     from pipeline.featurize import features_for
     from pipeline.stack import _aligned, swapped_features
+    from pipeline.views import Source
 
     t0 = time.perf_counter()
     run = ctx.run_name or ctx.config.name
@@ -108,15 +138,21 @@ def run_stage(ctx) -> None:
     frame = load_pairs(ctx.test_path, "test")
     frame = frame.drop(columns=[c for c in ("label",) if c in frame.columns])
     log.info("predict: %d pairs from %s with run %r", len(frame), ctx.test_path, run)
+    if manifest.get("version", 1) < 2:
+        raise DataError(f"{run_dir / 'models' / 'manifest.json'} was written by an older "
+                        "prefstack; rerun --stage stack for this experiment")
     feats = _aligned(features_for(run_ctx, frame), frame["id"], "new")
-    feats_swapped = swapped_features(feats) if manifest["swap_tta"] else None
+    feats_swapped = swapped_features(feats)
+    columns = [c for c in feats.columns if c != "id"]
+    src = Source("new", frame, columns, feats[columns].to_numpy(np.float32),
+                 feats_swapped[columns].to_numpy(np.float32))
     ft_proba = None
     ft = [m for m in manifest["members"].values() if m["kind"] == "finetune"]
     if ft:
         from pipeline.finetune import predict_logits
 
         ft_proba = softmax(np.asarray(predict_logits(ft[0]["model_dir"], frame, run_ctx)))
-    proba = score_features(manifest, run_dir / "models", feats, feats_swapped, ft_proba)
+    proba = score_features(manifest, run_dir / "models", src, ft_proba, run_ctx)
     out = pd.DataFrame({"id": frame["id"].astype(str).to_numpy()})
     out[list(LABEL_COLUMNS)] = proba
     out = out[list(SUBMISSION_COLUMNS)]

@@ -100,13 +100,18 @@ def _plots(run_dir: Path, metrics: dict, y: np.ndarray, proba: np.ndarray,
     files["confusion"] = "confusion.png"
 
     if importances:
-        name, imp = max(importances.items(), key=lambda kv: len(kv[1]))
+        # The member the blend leans on most (its importances are on its learner's own scale).
+        weights = metrics.get("blend_weights", {})
+        name = max(importances, key=lambda n: (weights.get(n, 0.0), len(importances[n])))
+        imp = importances[name]
+        kind = metrics.get("member_kinds", {}).get(name, "lgbm")
         top = imp.head(25)[::-1]
         if len(top):
             fig, ax = plt.subplots(figsize=(7, 0.28 * len(top) + 1.2))
             ax.barh(range(len(top)), top.to_numpy())
             ax.set_yticks(range(len(top)), top.index, fontsize=8)
-            ax.set_xlabel("total gain (all folds and seeds)")
+            ax.set_xlabel("total gain (all folds and seeds)" if kind == "lgbm"
+                          else "mean |coefficient| on scaled features (summed over models)")
             ax.set_title(f"Top feature importances: {name}")
             _savefig(fig, run_dir / "importance.png")
             plt.close(fig)
@@ -141,15 +146,29 @@ def write_run_report(run_dir: str | Path, metrics: dict, y: np.ndarray, proba: n
              f"prompt), {metrics.get('n_features')} features, {metrics.get('test_rows')} test rows; "
              f"written {metrics.get('date')}.", "",
              "## Scores (out-of-fold)", "",
-             "| model | log loss | accuracy |", "|---|---|---|",
-             f"| **blend (nested: weights fitted without the scored fold)** | "
-             f"**{_fmt(metrics['oof_log_loss'])}** | **{_fmt(metrics['oof_accuracy'], 3)}** |",
-             f"| blend, in-sample weights (optimistic, for reference) | "
-             f"{_fmt(metrics['oof_log_loss_in_sample_blend'])} | - |"]
+             "| model | learner | inputs | log loss | accuracy | blend weight |",
+             "|---|---|---|---|---|---|",
+             f"| **blend (nested: weights fitted without the scored fold)** | | | "
+             f"**{_fmt(metrics['oof_log_loss'])}** | **{_fmt(metrics['oof_accuracy'], 3)}** | |",
+             f"| blend, in-sample weights (optimistic, for reference) | | | "
+             f"{_fmt(metrics['oof_log_loss_in_sample_blend'])} | - | |"]
+    for key, label in (("soft_vote_oof_log_loss", "soft vote (nested)"),
+                       ("meta_oof_log_loss", "level-2 logistic regression on member log-probabilities (nested)")):
+        if key in metrics:
+            used = " (used)" if metrics.get("blend_method", "soft_vote") == key.split("_oof")[0] else ""
+            lines.append(f"| {label}{used} | | | {_fmt(metrics[key])} | - | |")
+    kinds = metrics.get("member_kinds", {})
+    inputs = metrics.get("member_inputs", {})
+    transductive = set(metrics.get("transductive_members", []))
+    weights = metrics.get("blend_weights", {})
     for name, m in metrics.get("members", {}).items():
-        lines.append(f"| member {name} | {_fmt(m['oof_log_loss'])} | {_fmt(m['oof_accuracy'], 3)} |")
-    lines.append(f"| class prior (fitted on training folds) | {_fmt(metrics['prior_log_loss'])} | "
-                 f"{_fmt(metrics['prior_accuracy'], 3)} |")
+        label = f"member {name}" + (" (transductive: TF-IDF fitted on train+test texts)"
+                                    if name in transductive else "")
+        ins = ", ".join(next(iter(i)) if isinstance(i, dict) else str(i) for i in inputs.get(name, []))
+        lines.append(f"| {label} | {kinds.get(name, 'finetune')} | {ins} | {_fmt(m['oof_log_loss'])} | "
+                     f"{_fmt(m['oof_accuracy'], 3)} | {_fmt(weights.get(name), 3)} |")
+    lines.append(f"| class prior (fitted on training folds) | | | {_fmt(metrics['prior_log_loss'])} | "
+                 f"{_fmt(metrics['prior_accuracy'], 3)} | |")
     lines += ["", "Per-class log loss of the blend (mean over rows of that true class): " +
               ", ".join(f"{c} {_fmt(v)}" for c, v in metrics.get("per_class_log_loss", {}).items()),
               "", "Per-fold blend log loss: " +

@@ -106,3 +106,26 @@ def test_per_class_log_loss_reports_absent_class_as_none():
     out = B.per_class_log_loss(y, p)
     assert out[2] is None
     assert np.isclose(out[0], -np.log(0.5))
+
+
+def test_meta_learner_is_nested_swap_symmetric_and_learns_a_good_member():
+    from pipeline.blend import SWAP_PERM, fit_meta, nested_meta
+
+    rng = np.random.default_rng(0)
+    n = 300
+    y = rng.integers(0, 3, n)
+    good = np.full((n, 3), 0.1)
+    good[np.arange(n), y] = 0.8
+    noise = rng.dirichlet(np.ones(3), n)
+    folds = np.arange(n) % 5
+    nested = nested_meta([good, noise], y, folds)
+    assert nested.shape == (n, 3) and np.allclose(nested.sum(axis=1), 1)
+    assert B.log_loss(y, nested) < B.log_loss(y, noise) - 0.3
+    fit = fit_meta([good, noise], y)
+    p = fit.apply([good, noise])
+    p_sw = fit.apply([good[:, SWAP_PERM], noise[:, SWAP_PERM]])
+    assert np.allclose(p, p_sw[:, SWAP_PERM], atol=1e-12)
+    # Nested: fold k's predictions do not change when fold k's labels do.
+    y2 = y.copy()
+    y2[folds == 0] = (y2[folds == 0] + 1) % 3
+    assert np.allclose(nested_meta([good, noise], y2, folds)[folds == 0], nested[folds == 0])

@@ -10,6 +10,9 @@ import pandas as pd
 import pytest
 
 import pipeline.stack as S
+from pipeline.crossfit import cross_fit_arrays, predict_tta
+from pipeline.learners.base import load_learner
+from pipeline.learners.lgbm import lgbm_params
 from pipeline.catalog import Catalog
 from pipeline.config import Config, apply_overrides
 from pipeline.context import RunContext
@@ -64,7 +67,10 @@ def _arrays(df):
     return df[cols].to_numpy(np.float32), synth_swap(df)[cols].to_numpy(np.float32), cols
 
 
-def _cross_fit(n=120, seed=0, ties=True, seeds=(0,), n_folds=4, **kw):
+LGBM = {**FAST, "num_boost_round": 60, "early_stopping_rounds": 10}
+
+
+def _cross_fit(n=120, seed=0, ties=True, seeds=(0,), n_folds=4, kind="lgbm", params=None, **kw):
     df, y = synth_features(n, seed, ties)
     test_df, _ = synth_features(30, seed + 100, ties)
     X, Xs, cols = _arrays(df)
@@ -72,9 +78,8 @@ def _cross_fit(n=120, seed=0, ties=True, seeds=(0,), n_folds=4, **kw):
     ids = df["id"].to_numpy()
     folds = np.arange(n) % n_folds
     groups = np.arange(n) // 2  # pairs of rows share a prompt
-    fit = S.cross_fit_member(X, Xs, y, ids, folds, groups, Xt, Xts, cols,
-                             lgbm_overrides=FAST, seeds=seeds, num_boost_round=60,
-                             early_stopping_rounds=10, **kw)
+    fit = cross_fit_arrays(kind, LGBM if params is None else params, X, Xs, Xt, Xts, cols, y,
+                           folds, groups, seeds=seeds, **kw)
     return fit, dict(df=df, y=y, X=X, Xs=Xs, Xt=Xt, Xts=Xts, ids=ids, folds=folds,
                      groups=groups, cols=cols)
 
@@ -94,60 +99,74 @@ def test_oof_covers_every_row_and_sums_to_one():
 
 
 @pytest.mark.parametrize("refit", [False, True])
-def test_no_validation_row_ever_reaches_a_fit(monkeypatch, refit):
+def test_no_validation_row_ever_reaches_a_booster(monkeypatch, refit):
+    """LightGBM's own fits (early stopping and refit included) never see fold k's rows.
+
+    The row index rides along as the last feature column, so the recorder reads which rows
+    each booster was given."""
+    import pipeline.learners.lgbm as L
+
     calls = []
-    real = S.train_booster
+    real = L.train_booster
 
     def recording(params, X, y, ids, Xv, yv, idsv, *args, **kw):
-        calls.append((set(ids), set(idsv) if idsv is not None else set(), len(ids)))
+        rows = set(np.asarray(X)[:, -1].astype(int))
+        vrows = set(np.asarray(Xv)[:, -1].astype(int)) if Xv is not None else set()
+        calls.append((rows, vrows, len(y)))
         return real(params, X, y, ids, Xv, yv, idsv, *args, **kw)
 
-    monkeypatch.setattr(S, "train_booster", recording)
+    monkeypatch.setattr(L, "train_booster", recording)
+    df, y = synth_features(120, 0)
+    X, Xs, cols = _arrays(df)
+    idx = np.arange(120, dtype=np.float32)[:, None]
+    X, Xs = np.hstack([X, idx]), np.hstack([Xs, idx])
+    folds, groups = np.arange(120) % 4, np.arange(120) // 2
     seeds = (0, 1)
-    fit, d = _cross_fit(seeds=seeds, refit=refit)
-    fold_of = dict(zip(d["ids"], d["folds"]))
-    group_of = dict(zip(d["ids"], d["groups"]))
+    cross_fit_arrays("lgbm", {**LGBM, "refit": refit}, X, Xs, X[:5], Xs[:5], cols + ["row"], y,
+                     folds, groups, seeds=seeds)
     per_model = 2 if refit else 1
     assert len(calls) == 4 * len(seeds) * per_model
-    for i, (train_ids, valid_ids, n_rows) in enumerate(calls):
+    for i, (train_rows, valid_rows, n_rows) in enumerate(calls):
         k = i // (len(seeds) * per_model)  # models are fitted fold by fold
-        held = {r for r, f in fold_of.items() if f == k}
-        assert not (train_ids & held), f"fold {k}: validation rows in the training data"
-        assert not (valid_ids & held), f"fold {k}: validation rows in the early-stopping data"
-        # Swap augmentation: every training row appears twice (both orders).
-        assert n_rows == 2 * len(train_ids)
-        assert train_ids | valid_ids == set(d["ids"]) - held
+        held = set(np.flatnonzero(folds == k))
+        assert not (train_rows & held), f"fold {k}: validation rows in the training data"
+        assert not (valid_rows & held), f"fold {k}: validation rows in the early-stopping data"
         if refit and i % 2 == 1:
-            assert not valid_ids  # the refit sees all training rows, no inner split
+            assert not valid_rows and train_rows == set(range(120)) - held
             continue
-        assert valid_ids, "early stopping should use an inner split"
+        # Swap augmentation: every training row appears twice (both orders).
+        assert n_rows == 2 * len(train_rows)
+        assert train_rows | valid_rows == set(range(120)) - held
+        assert valid_rows, "early stopping should use an inner split"
         # Inner split grouped by prompt: no group on both sides.
-        assert not ({group_of[r] for r in train_ids} & {group_of[r] for r in valid_ids})
+        assert not ({groups[r] for r in train_rows} & {groups[r] for r in valid_rows})
 
 
 def test_without_early_stopping_fit_uses_all_training_rows(monkeypatch):
+    import pipeline.learners.lgbm as L
+
     calls = []
-    real = S.train_booster
-    monkeypatch.setattr(S, "train_booster", lambda p, X, y, ids, Xv, yv, idsv, *a, **k: (
-        calls.append((set(ids), idsv)) or real(p, X, y, ids, Xv, yv, idsv, *a, **k)))
-    _, d = _cross_fit(early_stopping=False, swap_augment=False)
-    for k, (train_ids, valid) in enumerate(calls):
+    real = L.train_booster
+    monkeypatch.setattr(L, "train_booster", lambda p, X, y, ids, Xv, yv, idsv, *a, **k: (
+        calls.append((len(y), Xv)) or real(p, X, y, ids, Xv, yv, idsv, *a, **k)))
+    _, d = _cross_fit(params={**LGBM, "early_stopping": False}, swap_augment=False)
+    for k, (n_rows, valid) in enumerate(calls):
         assert valid is None
-        assert train_ids == set(d["ids"][d["folds"] != k])
+        assert n_rows == (d["folds"] != k).sum()
 
 
 def test_swap_tta_prediction_is_symmetric():
     fit, d = _cross_fit()
-    booster = __import__("lightgbm").Booster(model_str=fit.models[(0, 0)])
-    p = S.predict_tta(booster, d["Xt"], d["Xts"])
-    p_swapped = S.predict_tta(booster, d["Xts"], d["Xt"])
+    learner = load_learner("lgbm", fit.models[(0, 0)])
+    p = predict_tta(learner, d["Xt"], d["Xts"])
+    p_swapped = predict_tta(learner, d["Xts"], d["Xt"])
     assert np.allclose(p, swap_proba(p_swapped), atol=1e-9)
     # The member's averaged test predictions are symmetric too.
     df, y = synth_features(120, 0)
     X, Xs, cols = _arrays(df)
-    both = S.cross_fit_member(X, Xs, y, df["id"].to_numpy(), np.arange(120) % 4, np.arange(120) // 2,
-                              np.concatenate([d["Xt"], d["Xts"]]), np.concatenate([d["Xts"], d["Xt"]]),
-                              cols, lgbm_overrides=FAST, num_boost_round=60, early_stopping_rounds=10)
+    both = cross_fit_arrays("lgbm", LGBM, X, Xs, np.concatenate([d["Xt"], d["Xts"]]),
+                            np.concatenate([d["Xts"], d["Xt"]]), cols, y, np.arange(120) % 4,
+                            np.arange(120) // 2)
     m = len(d["Xt"])
     assert np.allclose(both.test[:m], swap_proba(both.test[m:]), atol=1e-9)
 
@@ -170,16 +189,23 @@ def test_select_columns_by_group():
 
 
 def test_member_spec_forms():
-    assert S.member_spec("m", ["length"]) == (["length"], {})
-    assert S.member_spec("m", {"groups": ["all"], "params": {"num_leaves": 7}}) == (["all"], {"num_leaves": 7})
+    assert S.member_spec("m", ["length"]) == S.MemberSpec("m", "lgbm", ["length"], {})
+    assert S.member_spec("m", {"groups": ["all"], "params": {"num_leaves": 7}}) == \
+        S.MemberSpec("m", "lgbm", ["all"], {"num_leaves": 7})
+    assert S.member_spec("m", {"kind": "linear", "inputs": ["tfidf", "length"]}) == \
+        S.MemberSpec("m", "linear", ["tfidf", "length"], {})
+    assert S.member_spec("m", {"kind": "linear", "inputs": {"tfidf": {"fit": "all"}}}).inputs == \
+        [{"tfidf": {"fit": "all"}}]
     with pytest.raises(ValueError, match="stack.members.m"):
         S.member_spec("m", {"group": ["all"]})
+    with pytest.raises(ValueError, match="unknown learner kind 'xgb'"):
+        S.member_spec("m", {"kind": "xgb", "inputs": ["all"]})
 
 
 def test_lgbm_params_refuse_other_objectives():
-    assert S.lgbm_params({"num_leaves": 5}, 3)["seed"] == 3
+    assert lgbm_params({"num_leaves": 5}, 3)["seed"] == 3
     with pytest.raises(ValueError, match="objective"):
-        S.lgbm_params({"objective": "binary"}, 0)
+        lgbm_params({"objective": "binary"}, 0)
 
 
 # ---------------------------------------------------------------- the stage, with fake features
@@ -255,26 +281,27 @@ def test_stage_writes_valid_outputs_and_reuses_cache(tmp_path, monkeypatch):
     assert set(metrics["members"]) == set(members)
     assert metrics["cache_hits"] == {"lgbm_all": False, "lgbm_len": False}
     manifest = json.loads((run / "models" / "manifest.json").read_text())
-    assert len(manifest["members"]["lgbm_all"]["boosters"]) == 4
+    assert len(manifest["members"]["lgbm_all"]["models"]) == 4
     for png in ("calibration.png", "confusion.png", "importance.png", "blend_weights.png"):
         assert (run / png).stat().st_size > 1000
     assert "nested" in (run / "report.md").read_text()
 
     # Same config again: every member from the cache, nothing trained.
-    monkeypatch.setattr(S, "train_booster", lambda *a, **k: pytest.fail("cache miss"))
+    import pipeline.learners.lgbm as L
+    monkeypatch.setattr(L, "train_booster", lambda *a, **k: pytest.fail("cache miss"))
     S.run_stage(_ctx(tmp_path, stack={"members": members}))
     assert json.loads((run / "metrics.json").read_text())["cache_hits"] == {"lgbm_all": True, "lgbm_len": True}
 
     # One member's params change: only that member is refitted.
     calls = []
-    monkeypatch.setattr(S, "train_booster", lambda *a, **k: calls.append(1) or real_train(*a, **k))
+    monkeypatch.setattr(L, "train_booster", lambda *a, **k: calls.append(1) or real_train(*a, **k))
     changed = {"lgbm_all": ["all"], "lgbm_len": {"groups": ["length"], "params": {"num_leaves": 3}}}
     S.run_stage(_ctx(tmp_path, stack={"members": changed}))
     assert json.loads((run / "metrics.json").read_text())["cache_hits"] == {"lgbm_all": True, "lgbm_len": False}
     assert len(calls) == 4
 
 
-real_train = S.train_booster
+from pipeline.learners.lgbm import train_booster as real_train  # noqa: E402
 
 
 def test_predict_reproduces_the_submission_and_blends_finetune(tmp_path, monkeypatch):

@@ -1,0 +1,158 @@
+"""Word and character n-gram TF-IDF of prompt, response A and response B (pure).
+
+Two steps, so that the expensive one is data-independent and can be cached and the
+fitted one is cheap enough to redo inside every fold:
+
+1. ``hashed_counts``: term counts of word n-grams and character n-grams (within word
+   boundaries), hashed into a fixed number of columns. Nothing is learned from the data.
+2. ``fit_tfidf`` (on the training rows' documents only): which columns to keep (document
+   frequency >= min_df, at most max_features of the most frequent), their IDF weights and,
+   for dense consumers, a TruncatedSVD. ``transform`` applies a fitted state.
+
+``pair_blocks`` turns the three roles into the features a member reads, with their A/B
+swap: the A - B block negates under a swap, A + B and cos(A, B) stay, cos(P, A) and
+cos(P, B) exchange.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+DEFAULTS = {
+    "word_ngrams": [1, 2],    # word n-gram range (lower-cased, sklearn's token pattern)
+    "char_ngrams": [3, 5],    # character n-gram range, within word boundaries
+    "n_features": 2 ** 20,    # hashed columns per analyzer
+    "max_chars": 4000,        # characters of each text read (a cap for very long cells)
+    "min_df": 2,              # keep n-grams in at least this many training documents
+    "max_features": 100_000,  # and at most this many (the most frequent) per analyzer
+    "sublinear_tf": True,     # 1 + log(tf)
+    "svd_dims": 64,           # dense (SVD) mode: components fitted on A and B documents
+}
+# The settings hashed_counts reads; the others act on its output.
+HASHING_KEYS = ("word_ngrams", "char_ngrams", "n_features", "max_chars")
+
+
+def settings(overrides: dict | None = None) -> dict:
+    """DEFAULTS with ``overrides``; ValueError naming an unknown key."""
+    overrides = dict(overrides or {})
+    unknown = set(overrides) - set(DEFAULTS)
+    if unknown:
+        raise ValueError(f"tfidf: unknown setting(s) {sorted(unknown)}; known: {sorted(DEFAULTS)}")
+    return {**DEFAULTS, **overrides}
+
+
+def _vectorizers(s: dict):
+    from sklearn.feature_extraction.text import HashingVectorizer
+
+    common = dict(n_features=int(s["n_features"]), alternate_sign=False, norm=None,
+                  lowercase=True, dtype=np.float32)
+    return [HashingVectorizer(analyzer="word", ngram_range=tuple(s["word_ngrams"]), **common),
+            HashingVectorizer(analyzer="char_wb", ngram_range=tuple(s["char_ngrams"]), **common)]
+
+
+def hashed_counts(texts: list[str], s: dict):
+    """Term counts of ``texts``: float32 CSR [len(texts), 2 * n_features] (word | char)."""
+    import scipy.sparse as sp
+
+    cut = [t[: int(s["max_chars"])] for t in texts]
+    return sp.hstack([v.transform(cut) for v in _vectorizers(s)], format="csr")
+
+
+@dataclass
+class TfidfState:
+    """A fitted TF-IDF: kept columns per analyzer, their IDF, optional SVD components."""
+
+    columns: list[np.ndarray]          # per analyzer: int indices into its hashed columns
+    idf: list[np.ndarray]              # per analyzer: float32 [len(columns)]
+    n_features: int
+    sublinear_tf: bool
+    svd: np.ndarray | None = None      # float32 [n_kept_total, svd_dims] or None
+    n_docs: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+def fit_tfidf(docs, s: dict, svd_docs=None, seed: int = 0) -> TfidfState:
+    """Fit column selection and IDF on ``docs`` (CSR counts [n_docs, 2 * n_features]).
+
+    ``svd_docs``: counts of the documents the SVD is fitted on (A and B texts of the same
+    training rows), or None for no SVD. Returns: TfidfState.
+    """
+    n_feat = int(s["n_features"])
+    columns, idf = [], []
+    n = docs.shape[0]
+    for part in range(2):
+        block = docs[:, part * n_feat:(part + 1) * n_feat]
+        df = np.bincount(block.indices, minlength=n_feat) if block.nnz else np.zeros(n_feat, int)
+        keep = np.flatnonzero(df >= int(s["min_df"]))
+        if len(keep) > int(s["max_features"]):
+            order = np.lexsort((keep, -df[keep]))  # most frequent first, ties by column
+            keep = np.sort(keep[order[: int(s["max_features"])]])
+        columns.append(keep)
+        idf.append((np.log((1.0 + n) / (1.0 + df[keep])) + 1.0).astype(np.float32))
+    state = TfidfState(columns=columns, idf=idf, n_features=n_feat,
+                       sublinear_tf=bool(s["sublinear_tf"]), n_docs=n)
+    if svd_docs is not None and int(s["svd_dims"]) > 0:
+        from sklearn.decomposition import TruncatedSVD
+
+        X = transform(state, svd_docs)
+        k = int(min(int(s["svd_dims"]), max(1, min(X.shape) - 1)))
+        svd = TruncatedSVD(n_components=k, algorithm="randomized", n_iter=4, random_state=seed)
+        svd.fit(X)
+        state.svd = svd.components_.T.astype(np.float32)
+    return state
+
+
+def transform(state: TfidfState, counts):
+    """TF-IDF of ``counts`` under a fitted state: float32 CSR [n, n_kept]; each analyzer's
+    part is L2-normalised and scaled by 1/sqrt(2), so a non-empty row has norm <= 1."""
+    import scipy.sparse as sp
+
+    parts = []
+    for part, (cols, idf) in enumerate(zip(state.columns, state.idf)):
+        block = counts[:, part * state.n_features:(part + 1) * state.n_features][:, cols]
+        block = block.tocsr().astype(np.float32)
+        if state.sublinear_tf:
+            block.data = 1.0 + np.log(block.data)
+        block = block @ sp.diags(idf)
+        norms = np.sqrt(np.asarray(block.multiply(block).sum(axis=1)).ravel())
+        block = sp.diags(np.where(norms > 0, 1.0 / np.maximum(norms, 1e-12), 0.0) / np.sqrt(2.0)) @ block
+        parts.append(block.astype(np.float32))
+    return sp.hstack(parts, format="csr")
+
+
+def _row_dot(x, y) -> np.ndarray:
+    return np.asarray(x.multiply(y).sum(axis=1)).ravel().astype(np.float32)
+
+
+def pair_blocks(state: TfidfState, p, a, b, dense: bool):
+    """Features of pairs from the counts of their prompt ``p``, A ``a`` and B ``b``.
+
+    Returns: (X, X_swapped, names). Sparse mode (``dense`` False, no SVD needed): CSR
+    [A - B | A + B | cos(P,A), cos(P,B), cos(A,B)]. Dense mode: float32 [SVD(A) - SVD(B) |
+    SVD(A) + SVD(B) | the three cosines]. X_swapped is the same rows with A and B exchanged.
+    """
+    import scipy.sparse as sp
+
+    tp, ta, tb = (transform(state, c) for c in (p, a, b))
+    cos = np.column_stack([_row_dot(tp, ta), _row_dot(tp, tb), _row_dot(ta, tb)])
+    cos_sw = cos[:, [1, 0, 2]]
+    cos_names = ["tfidf__a_cos_prompt", "tfidf__b_cos_prompt", "tfidf__p_cos_ab"]
+    if dense:
+        if state.svd is None:
+            raise ValueError("tfidf dense mode needs a state fitted with svd_docs")
+        za, zb = np.asarray(ta @ state.svd), np.asarray(tb @ state.svd)
+        k = za.shape[1]
+        diff, summ = za - zb, za + zb
+        names = ([f"tfidf__diff_svd{i}" for i in range(k)] + [f"tfidf__sum_svd{i}" for i in range(k)]
+                 + cos_names)
+        X = np.hstack([diff, summ, cos]).astype(np.float32)
+        Xs = np.hstack([-diff, summ, cos_sw]).astype(np.float32)
+        return X, Xs, names
+    diff, summ = (ta - tb).tocsr(), (ta + tb).tocsr()
+    d = diff.shape[1]
+    names = ([f"tfidf__diff_{i}" for i in range(d)] + [f"tfidf__sum_{i}" for i in range(d)]
+             + cos_names)
+    X = sp.hstack([diff, summ, sp.csr_matrix(cos)], format="csr")
+    Xs = sp.hstack([-diff, summ, sp.csr_matrix(cos_sw)], format="csr")
+    return X, Xs, names

@@ -1,0 +1,153 @@
+"""Cross-fitting of one member: folds x seeds, swap augmentation and swap TTA (pure).
+
+For every fold k the member's views are fitted on the rows of the other folds only (a
+no-op for views that learn nothing) and give the fold's matrices; for each seed a fresh
+learner is fitted on those training rows, in both A/B orders when ``swap_augment`` (the
+swapped copy's label permuted [a, b, tie] -> [b, a, tie], its prompt group kept). A
+learner that early-stops gets an inner split of the training rows grouped by prompt,
+never fold k. Fold k is predicted in both orders (the swapped prediction mapped back) and
+averaged: the out-of-fold (OOF) probabilities; the test set gets the mean over all fold and
+seed models. The loop knows learners only through ``pipeline.learners.base``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from pipeline.blend import N_CLASSES, normalize_proba
+from pipeline.data import swap_labels, swap_proba
+from pipeline.learners.base import make_learner
+
+
+@dataclass
+class FoldMatrices:
+    """One fold's inputs of a member: train rows, their swap, test rows, their swap."""
+
+    X: object            # float32 ndarray or CSR [n_train, d]
+    X_swapped: object
+    X_test: object       # [n_test, d]
+    X_test_swapped: object
+    names: list[str]
+    states: dict = field(default_factory=dict)   # view name -> fitted state bytes (or absent)
+
+
+@dataclass
+class MemberFit:
+    """Cross-fitted member: OOF and test probabilities, fitted learners, importances."""
+
+    oof: np.ndarray                        # float64 [n_train, 3], row i from models not fitted on i
+    test: np.ndarray                       # float64 [n_test, 3], mean over fold/seed models
+    models: dict[tuple[int, int], bytes]   # (fold, seed) -> learner.to_bytes()
+    summaries: dict[tuple[int, int], dict]  # (fold, seed) -> learner.summary()
+    importance: pd.Series | None           # per feature, summed over models, descending
+    view_states: dict[int, dict[str, bytes]] = field(default_factory=dict)  # fold -> view -> bytes
+
+    @property
+    def best_iterations(self) -> dict[tuple[int, int], int]:
+        return {k: v["best_iteration"] for k, v in self.summaries.items() if "best_iteration" in v}
+
+
+def _rows(M, rows: np.ndarray):
+    return M[np.flatnonzero(rows)] if not isinstance(M, np.ndarray) else M[rows]
+
+
+def _vstack(a, b):
+    import scipy.sparse as sp
+
+    return sp.vstack([a, b], format="csr") if sp.issparse(a) else np.concatenate([a, b])
+
+
+def _augment(X, Xs, y, groups, rows, augment: bool):
+    if not augment:
+        return _rows(X, rows), y[rows], groups[rows]
+    return (_vstack(_rows(X, rows), _rows(Xs, rows)), np.concatenate([y[rows], swap_labels(y[rows])]),
+            np.concatenate([groups[rows], groups[rows]]))
+
+
+def predict_tta(learner, X, X_swapped) -> np.ndarray:
+    """Probabilities [n, 3]; with ``X_swapped``, the mean of both orders (swap mapped back)."""
+    p = learner.predict_proba(X)
+    if X_swapped is not None:
+        p = 0.5 * (p + swap_proba(learner.predict_proba(X_swapped)))
+    return p
+
+
+def inner_split(groups: np.ndarray, fraction: float, seed) -> np.ndarray:
+    """Boolean mask [n]: rows whose group is drawn into the inner early-stopping split.
+
+    At least one group goes to each side when there are two or more groups.
+    """
+    uniq = np.unique(groups)
+    if len(uniq) < 2:
+        raise ValueError("early stopping needs at least two prompt groups in a training fold; "
+                         "set stack.early_stopping: false for such tiny data")
+    n_inner = int(round(fraction * len(uniq)))
+    n_inner = min(max(n_inner, 1), len(uniq) - 1)
+    chosen = np.random.default_rng(seed).choice(uniq, size=n_inner, replace=False)
+    return np.isin(groups, chosen)
+
+
+def cross_fit(kind: str, params: dict, fold_matrices: Callable[[int, np.ndarray], FoldMatrices],
+              y: np.ndarray, folds: np.ndarray, groups: np.ndarray, n_test: int, *,
+              seeds: tuple[int, ...] = (0,), swap_augment: bool = True, swap_tta: bool = True,
+              inner_valid_fraction: float = 0.15, progress=None) -> MemberFit:
+    """K-fold cross-fitting of one member (pure: matrices in, MemberFit out).
+
+    ``fold_matrices(k, train_rows)`` returns the member's matrices for fold k, every view
+    fitted on ``train_rows`` (bool [n]) only; y: int labels [n] (0 a, 1 b, 2 tie); folds:
+    int [n]; groups: int [n] prompt groups. Returns: MemberFit; OOF rows of fold k come only
+    from models that never saw fold k, not even for early stopping or choosing C.
+    """
+    y = np.asarray(y, dtype=np.int64)
+    groups = np.asarray(groups)
+    n = len(y)
+    oof = np.zeros((n, N_CLASSES))
+    test = np.zeros((n_test, N_CLASSES))
+    models, summaries, view_states = {}, {}, {}
+    importance = None
+    fold_ids = np.unique(folds)
+    for k in fold_ids:
+        held = folds == k
+        train_rows = ~held
+        fm = fold_matrices(int(k), train_rows)
+        view_states[int(k)] = fm.states
+        for seed in seeds:
+            learner = make_learner(kind, params)
+            if learner.uses_inner_split:
+                inner = inner_split(groups[train_rows], inner_valid_fraction, seed=(int(seed), int(k)))
+                inner_mask = np.zeros(n, dtype=bool)
+                inner_mask[np.flatnonzero(train_rows)[inner]] = True
+                fit_rows = train_rows & ~inner_mask
+                Xv, yv, _ = _augment(fm.X, fm.X_swapped, y, groups, inner_mask, swap_augment)
+            else:
+                fit_rows, Xv, yv = train_rows, None, None
+            Xf, yf, gf = _augment(fm.X, fm.X_swapped, y, groups, fit_rows, swap_augment)
+            learner.fit(Xf, yf, gf, int(seed), Xv, yv, feature_names=fm.names)
+            held_sw = _rows(fm.X_swapped, held) if swap_tta else None
+            oof[held] += predict_tta(learner, _rows(fm.X, held), held_sw) / len(seeds)
+            if n_test:
+                test += predict_tta(learner, fm.X_test, fm.X_test_swapped if swap_tta else None) / (
+                    len(seeds) * len(fold_ids))
+            models[(int(k), int(seed))] = learner.to_bytes()
+            summaries[(int(k), int(seed))] = learner.summary()
+            imp = learner.importance(fm.names)
+            if imp is not None:
+                importance = imp if importance is None else importance.add(imp, fill_value=0.0)
+            if progress is not None:
+                progress.update(1)
+    if importance is not None:
+        importance = importance.sort_values(ascending=False)
+    return MemberFit(oof=normalize_proba(oof, 1e-12),
+                     test=normalize_proba(test, 1e-12) if n_test else test,
+                     models=models, summaries=summaries, importance=importance,
+                     view_states=view_states)
+
+
+def cross_fit_arrays(kind: str, params: dict, X, X_swapped, X_test, X_test_swapped,
+                     names: list[str], y, folds, groups, **kw) -> MemberFit:
+    """cross_fit for fixed matrices (views that learn nothing): the same arrays every fold."""
+    fm = FoldMatrices(X, X_swapped, X_test, X_test_swapped, list(names))
+    return cross_fit(kind, params, lambda k, rows: fm, y, folds, groups, X_test.shape[0], **kw)

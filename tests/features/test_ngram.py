@@ -1,0 +1,53 @@
+"""TF-IDF view internals: hashing learns nothing, fitting sees only the given documents,
+blocks swap exactly."""
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+from features import ngram
+
+S = ngram.settings({"n_features": 2 ** 12, "max_features": 500, "svd_dims": 4, "min_df": 1})
+TEXTS = ["the cat sat on the mat", "a dog barked loudly", "", "the cat and the dog",
+         "sorting a list in python", "use sorted(xs) to copy", "café naïve ☃", "the mat"]
+
+
+def test_hashed_counts_do_not_depend_on_other_texts():
+    alone = ngram.hashed_counts(TEXTS[:1], S)
+    together = ngram.hashed_counts(TEXTS, S)
+    assert alone.shape == (1, 2 * 2 ** 12)
+    assert (alone != together[:1]).nnz == 0
+    assert together[2].nnz == 0  # the empty text has no n-grams
+
+
+def test_fit_uses_only_the_given_documents():
+    counts = ngram.hashed_counts(TEXTS, S)
+    state = ngram.fit_tfidf(counts[:4], {**S, "min_df": 1})
+    # A column present only in documents 4.. is not kept.
+    only_later = set(counts[4:].indices) - set(counts[:4].indices)
+    kept = set(state.columns[0]) | {c + S["n_features"] for c in state.columns[1]}
+    assert only_later and not (only_later & kept)
+    assert state.n_docs == 4
+
+
+def test_transform_rows_are_normalised_and_empty_rows_zero():
+    counts = ngram.hashed_counts(TEXTS, S)
+    state = ngram.fit_tfidf(counts, S)
+    T = ngram.transform(state, counts)
+    norms = np.sqrt(np.asarray(T.multiply(T).sum(axis=1)).ravel())
+    assert np.allclose(norms[[0, 1, 3]], 1.0, atol=1e-5)
+    assert norms[2] == 0
+    assert np.isfinite(T.data).all()
+
+
+def test_pair_blocks_swap_is_the_blocks_of_the_swapped_pair():
+    counts = ngram.hashed_counts(TEXTS, S)
+    p, a, b = counts[[0, 1, 2]], counts[[3, 4, 5]], counts[[6, 7, 0]]
+    for dense in (False, True):
+        state = ngram.fit_tfidf(counts, S, svd_docs=sp.vstack([a, b]) if dense else None)
+        X, Xs, names = ngram.pair_blocks(state, p, a, b, dense)
+        Y, Ys, _ = ngram.pair_blocks(state, p, b, a, dense)
+        to = (lambda m: m.toarray()) if not dense else np.asarray
+        assert X.shape[1] == len(names)
+        assert np.allclose(to(Xs), to(Y), atol=1e-6)
+        assert np.allclose(to(Ys), to(X), atol=1e-6)

@@ -1,0 +1,129 @@
+"""Learner conformance: every registered kind honours the protocol the stack relies on."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from pipeline.learners.base import REGISTRY, digest, load_learner, make_learner
+
+PARAMS = {"lgbm": {"num_leaves": 4, "min_data_in_leaf": 3, "learning_rate": 0.3,
+                   "num_boost_round": 20, "num_threads": 1},
+          "linear": {"Cs": [0.1, 1.0]}}
+
+
+def data(n=90, d=6, seed=0, classes=(0, 1, 2)):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, d)).astype(np.float32)
+    score = X[:, 0] - X[:, 1] + rng.normal(0, 0.5, n)
+    y = np.where(score > 0.4, 0, np.where(score < -0.4, 1, 2))
+    keep = np.isin(y, classes)
+    return X[keep], y[keep].astype(np.int64), (np.arange(n) // 3)[keep]
+
+
+def fitted(kind, X, y, groups):
+    learner = make_learner(kind, PARAMS[kind])
+    Xv = yv = None
+    if learner.uses_inner_split:
+        inner = groups % 5 == 0
+        Xv, yv = X[inner], y[inner]
+        X, y, groups = X[~inner], y[~inner], groups[~inner]
+    return learner.fit(X, y, groups, 0, Xv, yv, feature_names=[f"f{i}" for i in range(X.shape[1])])
+
+
+@pytest.mark.parametrize("kind", sorted(REGISTRY))
+def test_fit_predict_shapes_and_probabilities(kind):
+    X, y, g = data()
+    learner = fitted(kind, X, y, g)
+    p = learner.predict_proba(X[:17])
+    assert p.shape == (17, 3) and p.dtype == np.float64
+    assert np.allclose(p.sum(axis=1), 1) and (p >= 0).all()
+    # It learned the signal: better than uniform on its training rows.
+    assert -np.mean(np.log(p[np.arange(17), y[:17]])) < np.log(3)
+    imp = learner.importance([f"f{i}" for i in range(X.shape[1])])
+    assert imp is None or (len(imp) == X.shape[1] and (imp >= 0).all())
+    assert isinstance(learner.summary(), dict)
+
+
+@pytest.mark.parametrize("kind", sorted(REGISTRY))
+def test_save_load_round_trip_is_equal(kind):
+    X, y, g = data()
+    learner = fitted(kind, X, y, g)
+    data_bytes = learner.to_bytes()
+    again = load_learner(kind, data_bytes, digest(data_bytes))
+    assert np.array_equal(again.predict_proba(X), learner.predict_proba(X))
+    with pytest.raises(ValueError, match="SHA-256"):
+        load_learner(kind, data_bytes[:-5], digest(data_bytes))
+
+
+@pytest.mark.parametrize("kind", sorted(REGISTRY))
+@pytest.mark.parametrize("classes", [(0, 1), (0, 2), (1,)])
+def test_a_class_missing_from_training_still_gives_three_columns(kind, classes):
+    X, y, g = data(n=150, classes=classes)
+    learner = fitted(kind, X, y, g)
+    p = learner.predict_proba(X)
+    assert p.shape == (len(X), 3)
+    assert np.allclose(p.sum(axis=1), 1)
+    for c in set(range(3)) - set(classes):
+        assert (p[:, c] < 1e-3).all()
+
+
+@pytest.mark.parametrize("kind", sorted(REGISTRY))
+def test_sparse_input_equals_dense_input(kind):
+    X, y, g = data()
+    X[np.abs(X) < 0.5] = 0
+    dense = fitted(kind, X, y, g)
+    sparse = fitted(kind, sp.csr_matrix(X), y, g)
+    if kind == "linear":  # sparse columns are not centred (nor, when mostly zero, scaled)
+        assert np.abs(dense.predict_proba(X) - sparse.predict_proba(sp.csr_matrix(X))).max() < 0.2
+    else:
+        assert np.allclose(dense.predict_proba(X), sparse.predict_proba(sp.csr_matrix(X)), atol=1e-9)
+
+
+def test_unknown_kind_and_params_are_errors():
+    with pytest.raises(ValueError, match="unknown learner kind 'xgb'"):
+        make_learner("xgb")
+    with pytest.raises(ValueError, match="unknown param"):
+        make_learner("linear", {"c": 1.0})
+    with pytest.raises(ValueError, match="objective"):
+        make_learner("lgbm", {"objective": "binary"})
+
+
+def test_linear_chooses_C_on_inner_grouped_folds(monkeypatch):
+    """C comes from folds of the training rows that keep each prompt group together."""
+    import pipeline.learners.linear as lin
+
+    X, y, g = data(n=120)
+    seen = []
+    real = lin._fit_lr
+
+    def recording(Xs, ys, C, params, warm=None):
+        seen.append((len(ys), C))
+        return real(Xs, ys, C, params, warm)
+
+    monkeypatch.setattr(lin, "_fit_lr", recording)
+    learner = make_learner("linear", {"Cs": [0.01, 0.1, 1.0], "inner_folds": 3,
+                                      "patience": 5, "refine": False}).fit(X, y, g, 0)
+    assert learner.C in (0.01, 0.1, 1.0)
+    assert set(learner.inner_scores) == {0.01, 0.1, 1.0}
+    # 3 inner folds x 3 Cs on parts of the rows, then one fit on all of them with the choice.
+    assert len(seen) == 10 and all(n < len(y) for n, _ in seen[:-1]) and seen[-1] == (len(y), learner.C)
+    fixed = make_learner("linear", {"C": 0.5}).fit(X, y, g, 0)
+    assert fixed.C == 0.5 and not fixed.inner_scores
+
+
+def test_linear_search_refines_and_caps_its_rows(monkeypatch):
+    import pipeline.learners.linear as lin
+
+    X, y, g = data(n=300)
+    seen = []
+    real = lin._fit_lr
+    monkeypatch.setattr(lin, "_fit_lr", lambda Xs, ys, C, p, warm=None: (
+        seen.append(len(ys)) or real(Xs, ys, C, p, warm)))
+    learner = make_learner("linear", {"search_rows": 150}).fit(X, y, g, 0)
+    best_decade = min((c for c in learner.inner_scores if c in lin.DEFAULTS["Cs"]),
+                      key=learner.inner_scores.get)
+    assert {best_decade / 3, best_decade * 3} <= set(learner.inner_scores)
+    assert learner.C == min(learner.inner_scores, key=learner.inner_scores.get)
+    # The search saw at most ~150 rows (whole groups); the final fit all 300.
+    assert max(seen[:-1]) <= 150 and seen[-1] == 300
