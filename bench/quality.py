@@ -41,7 +41,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench import peers  # noqa: E402
-from pipeline.blend import accuracy, log_loss, nested_blend, normalize_proba, prior_oof  # noqa: E402
+from pipeline.blend import (accuracy, log_loss, nested_blend, nested_meta, normalize_proba,  # noqa: E402
+                            prior_oof)
 from pipeline.catalog import Catalog, read_json, write_csv_atomic, write_text_atomic  # noqa: E402
 from pipeline.config import apply_overrides, load_config  # noqa: E402
 from pipeline.context import RunContext  # noqa: E402
@@ -57,6 +58,7 @@ CANDIDATES = {
     "linear_tfidf": {"kind": "linear", "inputs": ["tfidf"]},
     "linear_emb": {"kind": "linear", "inputs": ["embedding-full"]},
     "linear_len": {"kind": "linear", "inputs": ["length"]},
+    "linear_all": {"kind": "linear", "inputs": ["all"]},
 }
 PEERS = ("length_lr", "tfidf_lgbm", "emb_lr")
 MARGIN = 0.005  # the stack must beat the best peer and the peer average by this much
@@ -174,10 +176,13 @@ def run_file(path: Path, workdir: Path, limit: int | None, base_cfg, seed: int) 
     best_peer = min(PEERS, key=lambda n: scores[n])
     subsets = {}
     names = list(CANDIDATES)
+    meta_C = def_cfg.stack.meta_C
     for r in range(1, len(names) + 1):
         for combo in itertools.combinations(names, r):
-            nested, _ = nested_blend([members[n] for n in combo], y, folds, temperature=False)
-            subsets["+".join(combo)] = log_loss(y, nested)
+            probas = [members[n] for n in combo]
+            nested, _ = nested_blend(probas, y, folds, temperature=False)
+            subsets["soft_vote: " + "+".join(combo)] = log_loss(y, nested)
+            subsets["meta: " + "+".join(combo)] = log_loss(y, nested_meta(probas, y, folds, meta_C))
     return {
         "file": stem, "rows": len(y), "held_rows": len(held),
         "prior": log_loss(y, prior_oof(y, folds)),
@@ -256,7 +261,9 @@ def subsets_table(rows: list[dict]) -> str:
         wins = sum(v <= margin[f] - MARGIN for v, f in zip(vals, files))
         scored.append((float(np.mean(vals)), n, vals, wins))
     scored.sort()
-    lines = ["# Every subset of the candidate members, nested soft-voting blend", "",
+    lines = ["# Every subset of the candidate members, both ways of combining them", "",
+             "soft_vote: simplex weights; meta: level-2 logistic regression on the members' "
+             "log-probabilities (stack.meta_C); both nested (fitted without the scored fold).", "",
              "OOF log loss per file (same folds as quality.md); 'files won' counts files where the "
              f"subset beats the best peer and the peer average by >= {MARGIN}. Sorted by the mean.", "",
              "| members | " + " | ".join(files) + " | mean | files won |",

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 DEFAULTS = {
+    "analyzers": ["word", "char"],  # which n-grams: words and/or characters
     "word_ngrams": [1, 2],    # word n-gram range (lower-cased, sklearn's token pattern)
     "char_ngrams": [3, 5],    # character n-gram range, within word boundaries
     "n_features": 2 ** 20,    # hashed columns per analyzer
@@ -28,9 +29,10 @@ DEFAULTS = {
     "max_features": 100_000,  # and at most this many (the most frequent) per analyzer
     "sublinear_tf": True,     # 1 + log(tf)
     "svd_dims": 64,           # dense (SVD) mode: components fitted on A and B documents
+    "blocks": ["diff", "sum"],  # which of A - B, A + B a pair's features hold
 }
 # The settings hashed_counts reads; the others act on its output.
-HASHING_KEYS = ("word_ngrams", "char_ngrams", "n_features", "max_chars")
+HASHING_KEYS = ("analyzers", "word_ngrams", "char_ngrams", "n_features", "max_chars")
 
 
 def settings(overrides: dict | None = None) -> dict:
@@ -47,12 +49,20 @@ def _vectorizers(s: dict):
 
     common = dict(n_features=int(s["n_features"]), alternate_sign=False, norm=None,
                   lowercase=True, dtype=np.float32)
-    return [HashingVectorizer(analyzer="word", ngram_range=tuple(s["word_ngrams"]), **common),
-            HashingVectorizer(analyzer="char_wb", ngram_range=tuple(s["char_ngrams"]), **common)]
+    unknown = set(s["analyzers"]) - {"word", "char"}
+    if unknown or not s["analyzers"]:
+        raise ValueError(f"tfidf: analyzers must be a non-empty subset of [word, char], got {s['analyzers']}")
+    out = []
+    if "word" in s["analyzers"]:
+        out.append(HashingVectorizer(analyzer="word", ngram_range=tuple(s["word_ngrams"]), **common))
+    if "char" in s["analyzers"]:
+        out.append(HashingVectorizer(analyzer="char_wb", ngram_range=tuple(s["char_ngrams"]), **common))
+    return out
 
 
 def hashed_counts(texts: list[str], s: dict):
-    """Term counts of ``texts``: float32 CSR [len(texts), 2 * n_features] (word | char)."""
+    """Term counts of ``texts``: float32 CSR [len(texts), k * n_features], one block of
+    hashed columns per analyzer (word, then char)."""
     import scipy.sparse as sp
 
     cut = [t[: int(s["max_chars"])] for t in texts]
@@ -73,7 +83,7 @@ class TfidfState:
 
 
 def fit_tfidf(docs, s: dict, svd_docs=None, seed: int = 0) -> TfidfState:
-    """Fit column selection and IDF on ``docs`` (CSR counts [n_docs, 2 * n_features]).
+    """Fit column selection and IDF on ``docs`` (CSR counts [n_docs, k * n_features]).
 
     ``svd_docs``: counts of the documents the SVD is fitted on (A and B texts of the same
     training rows), or None for no SVD. Returns: TfidfState.
@@ -81,7 +91,7 @@ def fit_tfidf(docs, s: dict, svd_docs=None, seed: int = 0) -> TfidfState:
     n_feat = int(s["n_features"])
     columns, idf = [], []
     n = docs.shape[0]
-    for part in range(2):
+    for part in range(docs.shape[1] // n_feat):
         block = docs[:, part * n_feat:(part + 1) * n_feat]
         df = np.bincount(block.indices, minlength=n_feat) if block.nnz else np.zeros(n_feat, int)
         keep = np.flatnonzero(df >= int(s["min_df"]))
@@ -125,12 +135,13 @@ def _row_dot(x, y) -> np.ndarray:
     return np.asarray(x.multiply(y).sum(axis=1)).ravel().astype(np.float32)
 
 
-def pair_blocks(state: TfidfState, p, a, b, dense: bool):
+def pair_blocks(state: TfidfState, p, a, b, dense: bool, blocks=("diff", "sum")):
     """Features of pairs from the counts of their prompt ``p``, A ``a`` and B ``b``.
 
     Returns: (X, X_swapped, names). Sparse mode (``dense`` False, no SVD needed): CSR
     [A - B | A + B | cos(P,A), cos(P,B), cos(A,B)]. Dense mode: float32 [SVD(A) - SVD(B) |
-    SVD(A) + SVD(B) | the three cosines]. X_swapped is the same rows with A and B exchanged.
+    SVD(A) + SVD(B) | the three cosines]. ``blocks`` picks which of the difference and sum
+    blocks are there. X_swapped is the same rows with A and B exchanged.
     """
     import scipy.sparse as sp
 
@@ -142,17 +153,24 @@ def pair_blocks(state: TfidfState, p, a, b, dense: bool):
         if state.svd is None:
             raise ValueError("tfidf dense mode needs a state fitted with svd_docs")
         za, zb = np.asarray(ta @ state.svd), np.asarray(tb @ state.svd)
-        k = za.shape[1]
-        diff, summ = za - zb, za + zb
-        names = ([f"tfidf__diff_svd{i}" for i in range(k)] + [f"tfidf__sum_svd{i}" for i in range(k)]
-                 + cos_names)
-        X = np.hstack([diff, summ, cos]).astype(np.float32)
-        Xs = np.hstack([-diff, summ, cos_sw]).astype(np.float32)
-        return X, Xs, names
-    diff, summ = (ta - tb).tocsr(), (ta + tb).tocsr()
-    d = diff.shape[1]
-    names = ([f"tfidf__diff_{i}" for i in range(d)] + [f"tfidf__sum_{i}" for i in range(d)]
-             + cos_names)
-    X = sp.hstack([diff, summ, sp.csr_matrix(cos)], format="csr")
-    Xs = sp.hstack([-diff, summ, sp.csr_matrix(cos_sw)], format="csr")
+    else:
+        za, zb = ta, tb
+    parts, parts_sw, names = [], [], []
+    tag = "svd" if dense else ""
+    for block in blocks:
+        if block == "diff":
+            d = za - zb
+            parts.append(d), parts_sw.append(-d)
+        elif block == "sum":
+            d = za + zb
+            parts.append(d), parts_sw.append(d)
+        else:
+            raise ValueError(f"tfidf: blocks must be diff and/or sum, got {block!r}")
+        names += [f"tfidf__{block}_{tag}{i}" for i in range(d.shape[1])]
+    names += cos_names
+    if dense:
+        return (np.hstack(parts + [cos]).astype(np.float32),
+                np.hstack(parts_sw + [cos_sw]).astype(np.float32), names)
+    X = sp.hstack([sp.csr_matrix(x) for x in parts] + [sp.csr_matrix(cos)], format="csr")
+    Xs = sp.hstack([sp.csr_matrix(x) for x in parts_sw] + [sp.csr_matrix(cos_sw)], format="csr")
     return X, Xs, names

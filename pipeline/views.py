@@ -281,7 +281,7 @@ class TfidfView:
         from features import ngram
 
         p, a, b = self._roles(prep)
-        return ngram.pair_blocks(state, p, a, b, dense=self.dense)
+        return ngram.pair_blocks(state, p, a, b, dense=self.dense, blocks=self.settings["blocks"])
 
 
 # ---------------------------------------------------------------- building views

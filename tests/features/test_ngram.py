@@ -51,3 +51,21 @@ def test_pair_blocks_swap_is_the_blocks_of_the_swapped_pair():
         assert X.shape[1] == len(names)
         assert np.allclose(to(Xs), to(Y), atol=1e-6)
         assert np.allclose(to(Ys), to(X), atol=1e-6)
+
+
+def test_analyzers_and_blocks_settings():
+    words = ngram.settings({**S, "analyzers": ["word"]})
+    assert ngram.hashed_counts(TEXTS, words).shape == (len(TEXTS), 2 ** 12)
+    counts = ngram.hashed_counts(TEXTS, S)
+    state = ngram.fit_tfidf(counts, S)
+    p, a, b = counts[[0, 1]], counts[[3, 4]], counts[[6, 7]]
+    X, Xs, names = ngram.pair_blocks(state, p, a, b, dense=False, blocks=["diff"])
+    full, _, _ = ngram.pair_blocks(state, p, a, b, dense=False)
+    assert X.shape[1] == len(names) and full.shape[1] == 2 * X.shape[1] - 3
+    assert np.allclose(Xs.toarray()[:, :-3], -X.toarray()[:, :-3])
+    import pytest
+
+    with pytest.raises(ValueError, match="analyzers"):
+        ngram.hashed_counts(TEXTS, {**S, "analyzers": ["bytes"]})
+    with pytest.raises(ValueError, match="unknown setting"):
+        ngram.settings({"ngram": 3})
