@@ -320,7 +320,7 @@ def test_stack_blend_picks_the_member_up(tmp_path, tiny_model, monkeypatch):
     _fake_features(monkeypatch)
     ctx = _ctx(tmp_path, tiny_model, n_train=20)
     ctx.config = apply_overrides(ctx.config, {"stack": {
-        "num_boost_round": 20, "early_stopping": False,
+        "num_boost_round": 20, "early_stopping": False, "members": {"lgbm_all": ["all"]},
         "lgbm_params": {"min_data_in_leaf": 2, "num_leaves": 4, "num_threads": 1}}})
     FT.run_stage(ctx)
     stack.run_stage(ctx)

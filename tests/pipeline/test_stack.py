@@ -256,8 +256,9 @@ def _ctx(tmp_path, name="t", stack=None, n_train=40, **kw):
         make_rows(n_train).to_csv(train, index=False)
     if not test.exists():
         make_rows(7, with_labels=False, start_id=500).to_csv(test, index=False)
+    # The default members read views the fake features lack (tfidf, embedding-full, overlap).
     stack = {"n_folds": 4, "lgbm_params": FAST, "num_boost_round": 40,
-             "early_stopping_rounds": 10, **(stack or {})}
+             "early_stopping_rounds": 10, "members": {"lgbm_all": ["all"]}, **(stack or {})}
     cfg = apply_overrides(Config(), {"name": name, "stack": stack})
     return RunContext(config=cfg, catalog=Catalog(tmp_path / "work"), train_path=train,
                       test_path=test, **kw)
