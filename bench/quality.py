@@ -238,11 +238,12 @@ def table(rows: list[dict], limit: int | None, load: str) -> str:
                   f"{_cell(r['held'])} ({r['held_rows']} rows)",
                   ("yes" if met else "**no**") + f" (<= {min(best, avg) - MARGIN:.4f})"]
         lines.append(f"| {r['file']} | {r['rows']} | " + " | ".join(cells) + " |")
-    lines += ["", "Blend weights of the default stack (on all OOF rows): "]
+    lines += ["", "Soft-voting weights of the default members (on all OOF rows; reported for reference when "
+              "the default combines them with the level-2 learner): "]
     for r in rows:
         lines.append(f"- {r['file']}: " + ", ".join(f"{n} {w:.2f}" for n, w in r["weights"].items()))
     lines += ["", "Seconds per file (candidates incl. embed/features as cached; default stack; peers) "
-              "and per candidate member:"]
+              "and per candidate member (a member found in the cache shows ~0 s):"]
     for r in rows:
         s = r["seconds"]
         lines.append(f"- {r['file']}: {s['candidates']:.0f} / {s['default']:.0f} / {s['peers']:.0f}; "
