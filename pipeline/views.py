@@ -52,16 +52,13 @@ class Source:
 
 # ---------------------------------------------------------------- dense feature groups
 
-def column_group(col: str) -> str:
-    """Feature group of a column named ``<group>__<role>_<feature>``."""
-    return col.split("__", 1)[0]
-
-
 def select_columns(columns: list[str], groups: list[str] | tuple[str, ...]) -> list[str]:
     """Feature columns whose group is in ``groups`` ("all" = every column), in frame order.
 
     Raises ValueError naming the unknown groups and the available ones.
     """
+    from features.swap import column_group
+
     feats = [c for c in columns if c != "id"]
     if "all" in groups:
         return feats
@@ -133,15 +130,6 @@ def ngram_hashing_keys() -> tuple[str, ...]:
     return HASHING_KEYS
 
 
-def row_cosine(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Row-wise cosine of [n, d] arrays; 0 where either row is all zeros."""
-    num = np.einsum("ij,ij->i", x, y, dtype=np.float64)
-    den = np.linalg.norm(x, axis=1).astype(np.float64) * np.linalg.norm(y, axis=1)
-    out = np.zeros(len(x))
-    np.divide(num, den, out=out, where=den > 0)
-    return out.astype(np.float32)
-
-
 class EmbeddingFullView:
     """The full embedding vectors of every configured model; nothing is fitted."""
 
@@ -159,6 +147,7 @@ class EmbeddingFullView:
         return {"view": EMBEDDING_FULL, "models": self.models}
 
     def prepare(self, ctx, src: Source):
+        from features.embedding import row_cosine
         from pipeline.embed import embeddings_for
 
         blocks, blocks_sw, self.names = [], [], []
@@ -367,35 +356,23 @@ def fitted_state(ctx, view, fold: int, rows: np.ndarray, prep_train, prep_test,
     else:
         parts.pop("folds", None)
     key = hash_key("view-state", VIEWS_VERSION, parts)
-    folder = ctx.catalog.stage_cache("views") if ctx is not None else None
-    path = folder / f"{view.name}-state-{key}.pkl" if folder is not None else None
-    if path is not None and not ctx.force:
-        hit = _read_state(path)
-        if hit is not None:
-            return hit[0], hit[1], True
-    lock = file_lock(path.with_name(path.name + ".lock")) if path is not None else _nolock()
-    with lock:
-        if path is not None and not ctx.force:
-            hit = _read_state(path)
-            if hit is not None:
-                return hit[0], hit[1], True
-        t0 = time.perf_counter()
-        state = view.fit(prep_train, rows, prep_test, seed)
-        data = state_to_bytes(state)
-        if path is not None:
-            write_bytes_atomic(path, data)
-            write_json_atomic(path.with_suffix(".json"), {"sha256": digest(data), "key": parts,
-                                                          "seconds": round(time.perf_counter() - t0, 3)})
-        log.debug("view %s: fitted for fold %s in %.2fs", view.name, fold, time.perf_counter() - t0)
-    return state, data, False
-
-
-class _nolock:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
+    path = ctx.catalog.stage_cache("views") / f"{view.name}-state-{key}.pkl"
+    hit = None if ctx.force else _read_state(path)
+    if hit is None:
+        with file_lock(path.with_name(path.name + ".lock")):
+            hit = None if ctx.force else _read_state(path)
+            if hit is None:
+                t0 = time.perf_counter()
+                state = view.fit(prep_train, rows, prep_test, seed)
+                data = state_to_bytes(state)
+                write_bytes_atomic(path, data)
+                write_json_atomic(path.with_suffix(".json"), {
+                    "sha256": digest(data), "key": parts,
+                    "seconds": round(time.perf_counter() - t0, 3)})
+                log.debug("view %s: fitted for fold %s in %.2fs", view.name, fold,
+                          time.perf_counter() - t0)
+                return state, data, False
+    return hit[0], hit[1], True
 
 
 def _read_state(path):

@@ -34,6 +34,7 @@ def fake_embeddings(ctx, frame, model):
 
 @pytest.fixture
 def fakes(monkeypatch):
+    import features.embedding  # noqa: F401 (loaded with the real features.swap before it is faked)
     import pipeline.embed
 
     _fake_feature_modules(monkeypatch)
