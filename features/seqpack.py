@@ -1,19 +1,35 @@
 """Pure input building for the fine-tuned classifier: (prompt, A, B) -> one token sequence.
 
-Layout of one sequence (special tokens are the tokenizer's own)::
+Layout of one sequence for an encoder (special tokens are the tokenizer's own)::
 
     [CLS] prompt [SEP] response A [SEP] response B [SEP]
 
 ``[CLS]`` is the tokenizer's cls token, else its bos token, else nothing; ``[SEP]`` is its
-sep token, else its eos token, else the tokens of a blank line. Multi-turn conversations
-are joined in order, each turn prefixed with ``[turn k]`` when there is more than one.
+sep token, else its eos token, else the tokens of a blank line. A decoder LM (no [CLS] /
+[SEP] to lean on; pooled from its last real token) gets readable markers instead, and the
+sequence ends on the question, so the last token's state is the one that decides::
+
+    <bos>## Prompt
+    prompt
+
+    ## Response A
+    response A
+
+    ## Response B
+    response B
+
+    ## Which response is better: A, B, or a tie?
+
+Multi-turn conversations are joined in order, each turn prefixed with ``[turn k]`` when
+there is more than one.
 
 The ``max_length`` budget is shared out by :func:`allocate_budget`: the prompt gets
 ``prompt_share`` of it (more when the responses do not need theirs), the rest is split
 evenly between A and B (one short response leaves its unused budget to the other). The
 split is symmetric in A and B, so packing ``(prompt, B, A)`` gives exactly the sequence of
 the position-swapped pair. A text longer than its budget keeps its first
-``round(budget * head_share)`` tokens and its last tokens for the remainder.
+``round(budget * head_share)`` tokens and its last tokens for the remainder
+(``head_share=0`` keeps only the end: the latest turns of a long conversation).
 
 No disk, no config, no globals: the tokenizer is passed in.
 """
@@ -31,22 +47,56 @@ TURN_MARKER = "[turn {k}] "
 CHARS_PER_TOKEN_CAP = 12
 
 
+# Decoder template: text before the prompt, after the prompt, after A, after B.
+DECODER_MARKERS = ("## Prompt\n", "\n\n## Response A\n", "\n\n## Response B\n",
+                   "\n\n## Which response is better: A, B, or a tie?")
+
+
 @dataclass(frozen=True)
 class Specials:
-    """Token ids framing a packed sequence."""
+    """Token ids framing a packed sequence: ``cls`` prompt ``joints[0]`` A ``joints[1]`` B
+    ``joints[2]``; without ``joints`` each of the three is ``sep``."""
 
     cls: tuple[int, ...]
     sep: tuple[int, ...]
     pad: int
+    joints: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]] | None = None
+
+    @property
+    def after(self) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+        """The ids after the prompt, after A and after B."""
+        return self.joints if self.joints is not None else (self.sep, self.sep, self.sep)
 
     @property
     def n_tokens(self) -> int:
-        """Special tokens in one sequence: cls + three separators."""
-        return len(self.cls) + 3 * len(self.sep)
+        """Framing tokens in one sequence: cls + what follows each of the three parts."""
+        return len(self.cls) + sum(len(j) for j in self.after)
 
 
-def specials_of(tokenizer: Any) -> Specials:
-    """The cls / sep / pad ids of a Hugging Face tokenizer (see the module docstring)."""
+def pad_id_of(tokenizer: Any) -> int:
+    """The id to pad with: the pad token, else eos (usual for decoder LMs), else sep, unk, 0."""
+    for name in ("pad_token_id", "eos_token_id", "sep_token_id", "unk_token_id"):
+        value = getattr(tokenizer, name, None)
+        if value is not None:
+            return int(value)
+    return 0
+
+
+def specials_of(tokenizer: Any, decoder: bool = False) -> Specials:
+    """The framing ids of a Hugging Face tokenizer (see the module docstring).
+
+    ``decoder``: the readable-marker template of a decoder LM (bos first, when the
+    tokenizer has one) instead of cls / sep.
+    """
+    if decoder:
+        def ids(text: str) -> tuple[int, ...]:
+            return tuple(int(i) for i in tokenizer(text, add_special_tokens=False)["input_ids"])
+
+        bos = () if tokenizer.bos_token_id is None else (int(tokenizer.bos_token_id),)
+        head, *joints = (ids(m) for m in DECODER_MARKERS)
+        eos = tokenizer.eos_token_id
+        return Specials(cls=bos + head, sep=() if eos is None else (int(eos),),
+                        pad=pad_id_of(tokenizer), joints=tuple(joints))
     cls_id = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
     sep_id = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
     if sep_id is not None:
@@ -128,11 +178,11 @@ def pack_ids(p_ids: Sequence[int], a_ids: Sequence[int], b_ids: Sequence[int],
     room = max_length - specials.n_tokens
     if room < 3:
         raise ValueError(f"finetune.max_length={max_length} leaves no room for text after "
-                         f"{specials.n_tokens} special tokens; use at least {specials.n_tokens + 3}")
+                         f"{specials.n_tokens} framing tokens (special tokens, markers); use at least {specials.n_tokens + 3}")
     bp, ba, bb = allocate_budget(len(p_ids), len(a_ids), len(b_ids), room, prompt_share)
-    sep = list(specials.sep)
-    return (list(specials.cls) + head_tail(p_ids, bp, head_share) + sep
-            + head_tail(a_ids, ba, head_share) + sep + head_tail(b_ids, bb, head_share) + sep)
+    after_p, after_a, after_b = (list(j) for j in specials.after)
+    return (list(specials.cls) + head_tail(p_ids, bp, head_share) + after_p
+            + head_tail(a_ids, ba, head_share) + after_a + head_tail(b_ids, bb, head_share) + after_b)
 
 
 def _tokenize(tokenizer: Any, texts: list[str]) -> list[list[int]]:
@@ -144,17 +194,18 @@ def _tokenize(tokenizer: Any, texts: list[str]) -> list[list[int]]:
 
 
 def encode_pairs(frame: pd.DataFrame, tokenizer: Any, max_length: int, prompt_share: float,
-                 head_share: float) -> tuple[list[list[int]], list[list[int]]]:
+                 head_share: float, decoder: bool = False) -> tuple[list[list[int]], list[list[int]]]:
     """Packed token ids of every pair, in both orders.
 
-    ``frame``: the canonical frame (prompt, response_a, response_b as lists of turns).
+    ``frame``: the canonical frame (prompt, response_a, response_b as lists of turns);
+    ``decoder``: pack with the decoder template (module docstring).
     Returns: (forward, swapped), each a list of ``len(frame)`` id lists; ``forward[i]``
     packs (prompt, A, B) and ``swapped[i]`` packs (prompt, B, A) of row i. The frame is
     not modified.
     """
     if not 0.0 <= prompt_share <= 1.0 or not 0.0 <= head_share <= 1.0:
         raise ValueError(f"prompt_share={prompt_share} and head_share={head_share} must be in [0, 1]")
-    specials = specials_of(tokenizer)
+    specials = specials_of(tokenizer, decoder)
     cap = max(64, CHARS_PER_TOKEN_CAP * max_length)
     parts = {}
     for col in ("prompt", "response_a", "response_b"):

@@ -129,8 +129,10 @@ class StackConfig:
 class FinetuneConfig:
     # Hugging Face name or local path of the sequence classifier's backbone.
     model: str = DEFAULT_MODEL
-    # "auto" (the model's own classification head), "mean" (mean pooling + linear), "cnn".
-    head: str = "mean"
+    # "auto" (the model's own classification head), "mean" (mean pooling + linear), "last"
+    # (last real token + linear), "cnn"; None = by architecture: "last" for a decoder LM
+    # (Llama, Gemma-2, Qwen2, Mistral ...), "mean" for an encoder (BERT, DeBERTa ...).
+    head: str | None = None
     # Dropout of the mean / cnn heads (cnn: also its spatial dropout over channels).
     dropout: float = 0.1
     # Channels of the cnn head's convolutions and of its hidden fully connected layer.
@@ -168,13 +170,23 @@ class FinetuneConfig:
     freeze_embeddings: bool = False
     # One model per seed and fold; their logits are averaged.
     seeds: tuple[int, ...] = (0,)
-    # LoRA adapters through peft instead of full fine-tuning.
-    lora: bool = False
+    # LoRA adapters through peft instead of full fine-tuning; None = by architecture: on
+    # for a decoder LM (they need it to fit), off for an encoder.
+    lora: bool | None = None
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
-    # LoRA target module names; None = peft's default for the architecture, else all linear.
+    # LoRA target module names (or [all-linear]); None = every linear layer for a decoder,
+    # peft's default for an encoder it knows (BERT: query, value), else every linear layer.
     lora_target_modules: tuple[str, ...] | None = None
+    # Frozen base weights in 4-bit NF4 through bitsandbytes (QLoRA): CUDA only, needs LoRA.
+    load_in_4bit: bool = False
+    # Which side of a batch is padded: "right" or "left". Logits do not depend on it
+    # (pooling and position ids follow the attention mask); some decoders prefer left.
+    padding_side: str = "right"
+    # Training batches of pairs of similar length (less padding; a shuffled pool of 64
+    # batches is sorted, cut, and the batches shuffled); None = on for a decoder LM.
+    group_by_length: bool | None = None
     # Both orders of each pair in the same optimiser step.
     swap_augment: bool = True
     # Predict both orders and average (the swapped logits mapped back).

@@ -68,7 +68,7 @@ from pipeline.heads import HEADS, ModelSpec, build_classifier, load_classifier, 
 
 log = logging.getLogger(__name__)
 
-FINETUNE_VERSION = 1
+FINETUNE_VERSION = 2
 LOGITS = ["logit_a", "logit_b", "logit_tie"]
 # Settings that never change the logits, so never part of the cache key.
 _NOT_IN_KEY = {"folds", "in_all", "eval_batch_size", "gradient_checkpointing", "max_rows", "model"}
@@ -86,18 +86,46 @@ class FinetuneMember:
 
 # ----------------------------------------------------------------------------- settings
 
-def model_spec(cfg: FinetuneConfig) -> ModelSpec:
-    """The architecture part of the config."""
-    return ModelSpec(base=cfg.model, head=cfg.head, dropout=cfg.dropout,
-                     cnn_channels=cfg.cnn_channels, lora=cfg.lora, lora_r=cfg.lora_r,
+def resolve_config(cfg: FinetuneConfig) -> tuple[FinetuneConfig, bool]:
+    """(``cfg`` with its by-architecture settings filled in, whether the model is a decoder LM).
+
+    None means "by architecture" for head ("last" for a decoder, "mean" for an encoder),
+    lora (on for a decoder) and group_by_length (on for a decoder). The resolved config is
+    what the cache key holds, so spelling a default out keeps the same cache.
+    """
+    from dataclasses import replace
+
+    from pipeline.models import is_decoder_model
+
+    try:
+        decoder = is_decoder_model(cfg.model)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"finetune.model={cfg.model!r}: cannot read its config ({exc}); give a "
+                          "Hugging Face name the machine can reach or a local model folder") from None
+    return replace(cfg, head=cfg.head if cfg.head is not None else ("last" if decoder else "mean"),
+                   lora=cfg.lora if cfg.lora is not None else decoder,
+                   group_by_length=(cfg.group_by_length if cfg.group_by_length is not None
+                                    else decoder)), decoder
+
+
+def model_spec(cfg: FinetuneConfig, decoder: bool = False) -> ModelSpec:
+    """The architecture part of a resolved config (:func:`resolve_config`)."""
+    return ModelSpec(base=cfg.model, head=cfg.head or "mean", dropout=cfg.dropout,
+                     cnn_channels=cfg.cnn_channels, lora=bool(cfg.lora), lora_r=cfg.lora_r,
                      lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                     lora_target_modules=cfg.lora_target_modules)
+                     lora_target_modules=cfg.lora_target_modules, decoder=decoder,
+                     load_in_4bit=cfg.load_in_4bit)
 
 
 def check_config(cfg: FinetuneConfig) -> None:
     """Raise ConfigError naming the bad finetune.* setting."""
-    if cfg.head not in HEADS:
+    if cfg.head is not None and cfg.head not in HEADS:
         raise ConfigError(f"finetune.head={cfg.head!r}: expected one of {', '.join(HEADS)}")
+    if cfg.padding_side not in ("right", "left"):
+        raise ConfigError(f"finetune.padding_side={cfg.padding_side!r}: expected right or left")
+    if cfg.load_in_4bit and cfg.lora is False:
+        raise ConfigError("finetune.load_in_4bit needs LoRA (4-bit weights cannot be trained): "
+                          "set finetune.lora: true or leave it unset")
     if cfg.schedule not in ("linear", "cosine"):
         raise ConfigError(f"finetune.schedule={cfg.schedule!r}: expected linear or cosine")
     if cfg.precision not in ("auto", "fp32", "bf16", "fp16"):
@@ -165,14 +193,17 @@ def log_loss_of_logits(logits: np.ndarray, labels: np.ndarray) -> float:
 
 # ----------------------------------------------------------------------------- model loops
 
-def collate(seqs: Sequence[Sequence[int]], pad_id: int, device: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded (input_ids, attention_mask) [len(seqs), longest] on ``device``."""
+def collate(seqs: Sequence[Sequence[int]], pad_id: int, device: str,
+            padding_side: str = "right") -> tuple[torch.Tensor, torch.Tensor]:
+    """Padded (input_ids, attention_mask) [len(seqs), longest] on ``device``; padding on
+    the right (default) or on the left."""
     width = max(len(s) for s in seqs)
     ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), width), dtype=torch.long)
     for i, s in enumerate(seqs):
-        ids[i, :len(s)] = torch.as_tensor(s, dtype=torch.long)
-        mask[i, :len(s)] = 1
+        cols = slice(width - len(s), width) if padding_side == "left" else slice(0, len(s))
+        ids[i, cols] = torch.as_tensor(s, dtype=torch.long)
+        mask[i, cols] = 1
     if device.startswith("cuda"):
         return ids.pin_memory().to(device, non_blocking=True), mask.pin_memory().to(device, non_blocking=True)
     return ids.to(device), mask.to(device)
@@ -180,7 +211,8 @@ def collate(seqs: Sequence[Sequence[int]], pad_id: int, device: str) -> tuple[to
 
 @torch.no_grad()
 def predict_ids(model: torch.nn.Module, seqs: Sequence[Sequence[int]], pad_id: int, device: str,
-                batch_size: int, amp_dtype: torch.dtype | None = None, desc: str = "predict") -> np.ndarray:
+                batch_size: int, amp_dtype: torch.dtype | None = None, desc: str = "predict",
+                padding_side: str = "right") -> np.ndarray:
     """Logits float32 [len(seqs), 3] in ``seqs``' order (batches sorted by length inside)."""
     out = np.zeros((len(seqs), 3), dtype=np.float32)
     if not len(seqs):
@@ -190,7 +222,7 @@ def predict_ids(model: torch.nn.Module, seqs: Sequence[Sequence[int]], pad_id: i
     order = np.argsort([-len(s) for s in seqs], kind="stable")
     for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=None, leave=False):
         idx = order[start:start + batch_size]
-        ids, mask = collate([seqs[i] for i in idx], pad_id, device)
+        ids, mask = collate([seqs[i] for i in idx], pad_id, device, padding_side)
         with _autocast(device, amp_dtype):
             logits = model(ids, mask)
         out[idx] = logits.float().cpu().numpy()
@@ -205,13 +237,14 @@ def tta_combine(forward_logits: np.ndarray, swapped_logits: np.ndarray) -> np.nd
 
 def predict_pairs(model: torch.nn.Module, forward: Sequence[Sequence[int]],
                   swapped: Sequence[Sequence[int]], pad_id: int, device: str, batch_size: int,
-                  tta: bool, amp_dtype: torch.dtype | None = None, desc: str = "predict") -> np.ndarray:
+                  tta: bool, amp_dtype: torch.dtype | None = None, desc: str = "predict",
+                  padding_side: str = "right") -> np.ndarray:
     """Logits [n, 3] of packed pairs; with ``tta`` averaged with the swapped order's."""
-    logits = predict_ids(model, forward, pad_id, device, batch_size, amp_dtype, desc)
+    logits = predict_ids(model, forward, pad_id, device, batch_size, amp_dtype, desc, padding_side)
     if not tta:
         return logits
     return tta_combine(logits, predict_ids(model, swapped, pad_id, device, batch_size,
-                                           amp_dtype, desc + " (swapped)"))
+                                           amp_dtype, desc + " (swapped)", padding_side))
 
 
 def _param_groups(model: torch.nn.Module, lr: float, head_lr: float, weight_decay: float) -> list[dict]:
@@ -229,12 +262,31 @@ def _param_groups(model: torch.nn.Module, lr: float, head_lr: float, weight_deca
             for (is_head, decay), ps in groups.items()]
 
 
-def _micro_batches(n: int, batch_size: int, total: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """``total`` index batches: a fresh permutation per epoch, cut into batch_size chunks."""
+# Batches per pool that group_by_length sorts by length before cutting.
+LENGTH_POOL_BATCHES = 64
+
+
+def _micro_batches(n: int, batch_size: int, total: int, rng: np.random.Generator,
+                   lengths: Sequence[int] | None = None) -> list[np.ndarray]:
+    """``total`` index batches: a fresh permutation per epoch, cut into batch_size chunks.
+
+    With ``lengths`` (group by length) each epoch's permutation is cut into pools of
+    LENGTH_POOL_BATCHES batches, each pool sorted by length and cut, and the epoch's
+    batches shuffled: batches of similar lengths (less padding), still in random order.
+    """
     batches: list[np.ndarray] = []
     while len(batches) < total:
         perm = rng.permutation(n)
-        batches.extend(perm[i:i + batch_size] for i in range(0, n, batch_size))
+        if lengths is None:
+            batches.extend(perm[i:i + batch_size] for i in range(0, n, batch_size))
+            continue
+        pool = batch_size * LENGTH_POOL_BATCHES
+        epoch = []
+        for start in range(0, n, pool):
+            chunk = perm[start:start + pool]
+            chunk = chunk[np.argsort([-lengths[j] for j in chunk], kind="stable")]
+            epoch.extend(chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size))
+        batches.extend(epoch[i] for i in rng.permutation(len(epoch)))
     return batches[:total]
 
 
@@ -270,13 +322,14 @@ def train_model(model: torch.nn.Module, forward: Sequence[Sequence[int]],
     running, epoch_seconds, steps = None, [], 0
     t_start = t_epoch = time.perf_counter()
     bar = tqdm(total=total_micro, desc=desc, disable=None, leave=False)
-    for i, idx in enumerate(_micro_batches(len(forward), cfg.batch_size, total_micro, rng)):
+    lengths = [len(s) for s in forward] if cfg.group_by_length else None
+    for i, idx in enumerate(_micro_batches(len(forward), cfg.batch_size, total_micro, rng, lengths)):
         seqs = [forward[j] for j in idx]
         y = labels[idx]
         if cfg.swap_augment:
             seqs += [swapped[j] for j in idx]
             y = np.concatenate([y, swap_labels(y)])
-        ids, mask = collate(seqs, pad_id, device)
+        ids, mask = collate(seqs, pad_id, device, cfg.padding_side)
         target = torch.as_tensor(y, device=device)
         with _autocast(device, amp_dtype):
             logits = model(ids, mask)
@@ -320,6 +373,7 @@ class Plan:
     model_dir: Path
     test_hash: str
     full_coverage: bool  # the rows used are the whole training set
+    decoder: bool = False  # the model is a decoder LM (template, position ids, defaults)
 
     def fold_dir(self, k: int) -> Path:
         return self.model_dir / f"fold{k}"
@@ -354,8 +408,8 @@ def make_plan(ctx) -> Plan:
     """Rows, folds, cache key and folder for the current context."""
     from pipeline.folds import load_or_make_folds
 
-    cfg = ctx.config.finetune
-    check_config(cfg)
+    check_config(ctx.config.finetune)
+    cfg, decoder = resolve_config(ctx.config.finetune)
     full = ctx.dataset.train
     n_folds = ctx.config.stack.n_folds
     folds = load_or_make_folds(ctx.catalog, full, n_folds, ctx.config.stack.fold_seed)
@@ -375,7 +429,7 @@ def make_plan(ctx) -> Plan:
     model_dir = ctx.catalog.stage_cache("finetune") / f"{slug(cfg.model)}-{key}"
     test_hash = frame_hash(test[["id", "prompt", "response_a", "response_b"]])
     return Plan(cfg=cfg, train=train, test=test, n_folds=n_folds, key=key, model_dir=model_dir,
-                test_hash=test_hash, full_coverage=len(train) == len(full))
+                test_hash=test_hash, full_coverage=len(train) == len(full), decoder=decoder)
 
 
 def _logit_frame(ids: Sequence[str], logits: np.ndarray, fold: int | None = None) -> pd.DataFrame:
@@ -401,9 +455,10 @@ def _write_spec(plan: Plan) -> None:
     cfg = plan.cfg
     write_json_atomic(plan.model_dir / "finetune.json", {
         "name": plan.name, "key": plan.key, "code_version": CODE_VERSION,
-        "spec": model_spec(cfg).to_dict(),
+        "spec": model_spec(cfg, plan.decoder).to_dict(),
         "pack": {"max_length": cfg.max_length, "prompt_share": cfg.prompt_share,
-                 "head_share": cfg.head_share},
+                 "head_share": cfg.head_share, "decoder": plan.decoder},
+        "padding_side": cfg.padding_side,
         "swap_tta": cfg.swap_tta, "precision": cfg.precision, "n_folds": plan.n_folds,
         "seeds": list(cfg.seeds), "config": key_config(cfg),
     })
@@ -415,10 +470,11 @@ def _score_with_saved(plan: Plan, k: int, test_fwd, test_swp, pad_id: int, devic
     amp_dtype, _ = resolve_amp(cfg.precision, device)
     logits = []
     for seed in cfg.seeds:
-        model = load_classifier(model_spec(cfg), plan.fold_dir(k) / f"seed{seed}.pt", device,
-                                base_dtype=amp_dtype, pad_token_id=pad_id)
+        model = load_classifier(model_spec(cfg, plan.decoder), plan.fold_dir(k) / f"seed{seed}.pt",
+                                device, base_dtype=amp_dtype, pad_token_id=pad_id)
         logits.append(predict_pairs(model, test_fwd, test_swp, pad_id, device, cfg.eval_batch_size,
-                                    cfg.swap_tta, amp_dtype, desc=f"fold {k} test"))
+                                    cfg.swap_tta, amp_dtype, desc=f"fold {k} test",
+                                    padding_side=cfg.padding_side))
         del model
     return np.mean(logits, axis=0).astype(np.float32)
 
@@ -439,7 +495,7 @@ def _train_fold(plan: Plan, k: int, packed: dict, pad_id: int, device: str) -> N
     val_logits, test_logits, seed_stats = [], [], []
     for seed in cfg.seeds:
         torch.manual_seed(seed)
-        model = build_classifier(model_spec(cfg), base_dtype=amp_dtype, pad_token_id=pad_id)
+        model = build_classifier(model_spec(cfg, plan.decoder), base_dtype=amp_dtype, pad_token_id=pad_id)
         if cfg.gradient_checkpointing:
             model.enable_gradient_checkpointing()
         if cfg.freeze_embeddings and not cfg.lora:
@@ -450,9 +506,10 @@ def _train_fold(plan: Plan, k: int, packed: dict, pad_id: int, device: str) -> N
         save_weights(model, plan.fold_dir(k) / f"seed{seed}.pt")
         val_logits.append(predict_pairs(model, [fwd[i] for i in va], [swp[i] for i in va], pad_id,
                                         device, cfg.eval_batch_size, cfg.swap_tta, amp_dtype,
-                                        desc=f"fold {k} val"))
+                                        desc=f"fold {k} val", padding_side=cfg.padding_side))
         test_logits.append(predict_pairs(model, *packed["test"], pad_id, device, cfg.eval_batch_size,
-                                         cfg.swap_tta, amp_dtype, desc=f"fold {k} test"))
+                                         cfg.swap_tta, amp_dtype, desc=f"fold {k} test",
+                                         padding_side=cfg.padding_side))
         stats["val_logloss"] = log_loss_of_logits(val_logits[-1], labels[va])
         seed_stats.append({"seed": seed, **stats})
         del model
@@ -512,14 +569,21 @@ def run_stage(ctx) -> None:
     t0 = time.perf_counter()
     plan = make_plan(ctx)
     cfg, device = plan.cfg, ctx.device
+    if cfg.load_in_4bit:
+        from pipeline.heads import four_bit_problem
+
+        problem = four_bit_problem(device)
+        if problem:
+            raise ConfigError(problem)
     plan.model_dir.mkdir(parents=True, exist_ok=True)
     _write_spec(plan)
     wanted = set(range(plan.n_folds)) if cfg.folds is None else set(cfg.folds)
     unknown = sorted(wanted - set(range(plan.n_folds)))
     if unknown:
         raise ConfigError(f"finetune.folds {unknown} out of range: folds are 0..{plan.n_folds - 1}")
-    log.info("finetune: %s, head %s%s, %d training rows%s, %d test rows, device %s, cache %s",
-             cfg.model, cfg.head, " + LoRA" if cfg.lora else "", len(plan.train),
+    log.info("finetune: %s (%s), head %s%s, %d training rows%s, %d test rows, device %s, cache %s",
+             cfg.model, "decoder LM" if plan.decoder else "encoder", cfg.head,
+             " + LoRA" + (" (4-bit base)" if cfg.load_in_4bit else "") if cfg.lora else "", len(plan.train),
              "" if plan.full_coverage else f" (first {cfg.max_rows}: max_rows)", len(plan.test),
              device, plan.model_dir)
     tokenizer = None
@@ -540,9 +604,10 @@ def run_stage(ctx) -> None:
             if tokenizer is None:
                 t_pack = time.perf_counter()
                 tokenizer = load_tokenizer(cfg.model)
-                pad_id = specials_of(tokenizer).pad
+                pad_id = specials_of(tokenizer, plan.decoder).pad
                 pack = dict(tokenizer=tokenizer, max_length=cfg.max_length,
-                            prompt_share=cfg.prompt_share, head_share=cfg.head_share)
+                            prompt_share=cfg.prompt_share, head_share=cfg.head_share,
+                            decoder=plan.decoder)
                 packed = {"train": encode_pairs(plan.train, **pack), "test": encode_pairs(plan.test, **pack)}
                 log.info("finetune: packed %d train and %d test pairs (max_length %d) in %.1fs",
                          len(plan.train), len(plan.test), cfg.max_length, time.perf_counter() - t_pack)
@@ -579,7 +644,11 @@ def member_for(ctx) -> FinetuneMember | None:
         log.info("finetune: finetune.max_rows=%d is below the %d training rows, so no member "
                  "covers every row", ctx.config.finetune.max_rows, len(ctx.dataset.train))
         return None
-    plan = make_plan(ctx)
+    try:
+        plan = make_plan(ctx)
+    except ConfigError as exc:
+        log.warning("finetune: no member (%s)", exc)
+        return None
     oof = _read_logits(plan.oof_path, len(plan.train), with_fold=True)
     test = _read_logits(plan.test_path, len(plan.test))
     if oof is None or test is None:
@@ -610,14 +679,15 @@ def predict_logits(model_dir: str | Path, frame: pd.DataFrame, ctx) -> np.ndarra
     device = ctx.device
     amp_dtype, _ = resolve_amp(meta.get("precision", "auto"), device)
     tokenizer = load_tokenizer(spec.base)
-    pad_id = specials_of(tokenizer).pad
+    pad_id = specials_of(tokenizer, meta["pack"].get("decoder", False)).pad
     fwd, swp = encode_pairs(frame, tokenizer, **meta["pack"])
+    side = meta.get("padding_side", "right")
     batch = ctx.config.finetune.eval_batch_size
     total = np.zeros((len(frame), 3), dtype=np.float64)
     for path in weights:
         model = load_classifier(spec, path, device, base_dtype=amp_dtype, pad_token_id=pad_id)
         total += predict_pairs(model, fwd, swp, pad_id, device, batch, meta["swap_tta"], amp_dtype,
-                               desc=f"{path.parent.name}/{path.stem}")
+                               desc=f"{path.parent.name}/{path.stem}", padding_side=side)
         del model
     log.info("finetune: scored %d pairs with %d saved models from %s", len(frame), len(weights), model_dir)
     return (total / len(weights)).astype(np.float32)

@@ -6,13 +6,18 @@
 - ``auto``: the model's own classification head (``AutoModelForSequenceClassification``,
   ``num_labels=3``; first-token pooler for BERT-likes, last-token for decoder LMs).
 - ``mean``: ``AutoModel`` + mean of the token states over the attention mask + dropout + linear.
+- ``last``: ``AutoModel`` + the state of the last real token (by the attention mask, so
+  right or left padding give the same logits) + dropout + linear: the usual decoder pooling.
 - ``cnn``: ``AutoModel`` + a CNN over the token states: spatial dropout (whole channels),
   two stacked 1D convolutions, masked max pooling and masked global average pooling
   concatenated, then two fully connected layers.
 
 LoRA (``spec.lora``) wraps the backbone with peft adapters; the backbone weights are
 frozen, the adapters and the head train (for ``auto`` the model's classifier is listed in
-``modules_to_save``). Saved weights (:func:`save_weights`) are the whole state dict for
+``modules_to_save``). Decoders (``spec.decoder``) get adapters on every linear layer
+unless ``lora_target_modules`` names some, and position ids counted from the first real
+token, so left padding changes nothing. ``spec.load_in_4bit`` loads the frozen base in
+4-bit NF4 through bitsandbytes (QLoRA; CUDA only). Saved weights (:func:`save_weights`) are the whole state dict for
 full fine-tuning and only the trainable tensors (adapters + head) for LoRA;
 :func:`load_classifier` rebuilds the architecture from the spec and loads them.
 """
@@ -28,7 +33,7 @@ from torch import nn
 
 log = logging.getLogger(__name__)
 
-HEADS = ("auto", "mean", "cnn")
+HEADS = ("auto", "mean", "last", "cnn")
 NUM_LABELS = 3
 # Names under which transformers' sequence classifiers keep their new, untrained layers.
 _CLASSIFIER_MODULES = ("classifier", "score", "pooler")
@@ -47,8 +52,13 @@ class ModelSpec:
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
-    # None = peft's default target modules for the architecture, else all linear layers.
+    # None = peft's default target modules for the architecture (all linear layers for a
+    # decoder or an architecture peft does not know), else these module names.
     lora_target_modules: tuple[str, ...] | None = None
+    # A decoder-only LM (pipeline.models.is_decoder_model): position ids from the mask.
+    decoder: bool = False
+    # Frozen base weights in 4-bit NF4 (bitsandbytes, CUDA only; needs lora).
+    load_in_4bit: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -58,7 +68,7 @@ class ModelSpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelSpec":
-        d = dict(d)
+        d = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
         if d.get("lora_target_modules") is not None:
             d["lora_target_modules"] = tuple(d["lora_target_modules"])
         return cls(**d)
@@ -66,8 +76,22 @@ class ModelSpec:
 
 def masked_mean(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of ``states`` [B, T, H] over positions where ``mask`` [B, T] is 1 -> [B, H]."""
-    m = mask.unsqueeze(-1).to(states.dtype)
-    return (states * m).sum(1) / m.sum(1).clamp(min=1.0)
+    keep = mask.unsqueeze(-1).bool()
+    # where, not a product: a padded position's state may be inf / nan (fully masked rows).
+    total = torch.where(keep, states, torch.zeros((), dtype=states.dtype, device=states.device)).sum(1)
+    return total / keep.sum(1).clamp(min=1).to(states.dtype)
+
+
+def last_real(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """State of the last position where ``mask`` [B, T] is 1 -> [B, H] (either padding side)."""
+    positions = torch.arange(mask.shape[1], device=mask.device)
+    last = (mask.bool() * positions).argmax(dim=1)
+    return states[torch.arange(states.shape[0], device=states.device), last]
+
+
+def position_ids_of(mask: torch.Tensor) -> torch.Tensor:
+    """Position of each token counted from the sequence's first real token (0 on padding)."""
+    return (mask.long().cumsum(dim=1) - 1).clamp(min=0)
 
 
 class MeanHead(nn.Module):
@@ -80,6 +104,18 @@ class MeanHead(nn.Module):
 
     def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.out(self.dropout(masked_mean(states, mask)))
+
+
+class LastHead(nn.Module):
+    """Last real token's state + dropout + linear -> [B, 3]."""
+
+    def __init__(self, hidden: int, dropout: float):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.out = nn.Linear(hidden, NUM_LABELS)
+
+    def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.out(self.dropout(last_real(states, mask)))
 
 
 class CNNHead(nn.Module):
@@ -120,10 +156,27 @@ class PairClassifier(nn.Module):
         self.head = head
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        extra = {"position_ids": position_ids_of(attention_mask)} if self.spec.decoder else {}
+        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **extra)
         if self.head is None:
-            return self.backbone(input_ids=input_ids, attention_mask=attention_mask).logits
-        states = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            return out.logits
+        states = out.last_hidden_state
+        if self.head_dtype is not None and states.dtype != self.head_dtype:
+            states = states.to(self.head_dtype)
         return self.head(states, attention_mask)
+
+    @property
+    def head_dtype(self) -> torch.dtype | None:
+        if self.head is None:
+            return None
+        return next(self.head.parameters()).dtype
+
+    def to(self, *args, **kwargs):  # noqa: D102 - nn.Module.to, except a 4-bit base stays put
+        if self.spec.load_in_4bit:
+            if self.head is not None:
+                self.head.to(*args, **kwargs)
+            return self
+        return super().to(*args, **kwargs)
 
     def enable_gradient_checkpointing(self) -> None:
         """Recompute activations in the backward pass (less memory, ~30% slower)."""
@@ -154,6 +207,34 @@ def _dtype_kwargs(dtype: torch.dtype | None) -> dict[str, Any]:
     return {"dtype": dtype} if (major, minor) >= (4, 56) else {"torch_dtype": dtype}
 
 
+def four_bit_problem(device: str) -> str | None:
+    """Why 4-bit base weights cannot be used here, or None when they can."""
+    if not device.startswith("cuda"):
+        return (f"finetune.load_in_4bit needs a CUDA GPU (bitsandbytes 4-bit kernels); the device "
+                f"is {device}: set finetune.load_in_4bit: false (bf16 LoRA) or run on a GPU")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        return "finetune.load_in_4bit needs bitsandbytes: pip install bitsandbytes"
+    return None
+
+
+def _four_bit_kwargs(spec: ModelSpec, compute_dtype: torch.dtype | None) -> dict[str, Any]:
+    """``from_pretrained`` arguments of a 4-bit NF4 base (QLoRA) on the current CUDA device."""
+    problem = four_bit_problem("cuda" if torch.cuda.is_available() else "cpu")
+    if problem:
+        raise ValueError(problem)
+    if not spec.lora:
+        raise ValueError("finetune.load_in_4bit needs LoRA (4-bit weights cannot be trained): "
+                         "set finetune.lora: true")
+    from transformers import BitsAndBytesConfig
+
+    quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                               bnb_4bit_use_double_quant=True,
+                               bnb_4bit_compute_dtype=compute_dtype or torch.bfloat16)
+    return {"quantization_config": quant, "device_map": {"": torch.cuda.current_device()}}
+
+
 def _lora_wrap(backbone: nn.Module, spec: ModelSpec) -> nn.Module:
     from peft import LoraConfig, get_peft_model
     from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as DEFAULTS
@@ -161,12 +242,20 @@ def _lora_wrap(backbone: nn.Module, spec: ModelSpec) -> nn.Module:
     model_type = getattr(getattr(backbone, "config", None), "model_type", None)
     if spec.lora_target_modules is not None:
         targets: Any = list(spec.lora_target_modules)
+        if targets == ["all-linear"]:
+            targets = "all-linear"
+    elif spec.decoder:
+        targets = "all-linear"  # what wins on this task for decoders (LoRA on every projection)
     elif model_type in DEFAULTS:
         targets = None  # peft picks its default for this architecture (e.g. bert: query, value)
     else:
         targets = "all-linear"
     names = {n.split(".")[-1] for n, _ in backbone.named_modules()}
     modules_to_save = [m for m in _CLASSIFIER_MODULES if m in names] if spec.head == "auto" else None
+    if spec.load_in_4bit:
+        from peft import prepare_model_for_kbit_training
+
+        backbone = prepare_model_for_kbit_training(backbone, use_gradient_checkpointing=False)
     config = LoraConfig(r=spec.lora_r, lora_alpha=spec.lora_alpha, lora_dropout=spec.lora_dropout,
                         target_modules=targets, modules_to_save=modules_to_save,
                         task_type="SEQ_CLS" if spec.head == "auto" else None)
@@ -196,6 +285,8 @@ def build_classifier(spec: ModelSpec, pretrained: bool = True,
     base = resolve_model_path(spec.base)
     pretrained = pretrained or spec.lora
     dtype_kw = _dtype_kwargs(base_dtype if spec.lora else None)
+    if spec.load_in_4bit:
+        dtype_kw.update(_four_bit_kwargs(spec, base_dtype))
     if spec.head == "auto":
         config = AutoConfig.from_pretrained(base, num_labels=NUM_LABELS)
         if getattr(config, "pad_token_id", None) is None and pad_token_id is not None:
@@ -208,8 +299,12 @@ def build_classifier(spec: ModelSpec, pretrained: bool = True,
         backbone = (AutoModel.from_pretrained(base, **dtype_kw) if pretrained
                     else AutoModel.from_config(AutoConfig.from_pretrained(base)))
         hidden = int(backbone.config.hidden_size)
-        head = (MeanHead(hidden, spec.dropout) if spec.head == "mean"
-                else CNNHead(hidden, spec.cnn_channels, spec.cnn_kernel, spec.dropout))
+        if spec.head == "mean":
+            head: nn.Module = MeanHead(hidden, spec.dropout)
+        elif spec.head == "last":
+            head = LastHead(hidden, spec.dropout)
+        else:
+            head = CNNHead(hidden, spec.cnn_channels, spec.cnn_kernel, spec.dropout)
     if spec.lora:
         backbone = _lora_wrap(backbone, spec)
     return PairClassifier(spec, backbone, head)

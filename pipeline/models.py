@@ -62,3 +62,18 @@ def resolve_device(device: str) -> str:
 def hf_offline_if_no_hub() -> None:
     """Stop transformers from trying the network for the bundled model (no hub here)."""
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+def is_decoder_model(name: str) -> bool:
+    """Whether the model ``name`` (HF name or local path) is a decoder-only LM (Llama,
+    Gemma-2, Qwen2, Mistral, GPT-2 ...): a causal LM architecture with no masked-LM head,
+    read from its config alone (no weights are loaded)."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+                                                        MODEL_FOR_MASKED_LM_MAPPING_NAMES)
+
+    config = AutoConfig.from_pretrained(resolve_model_path(name))
+    if getattr(config, "is_encoder_decoder", False):
+        return False
+    kind = config.model_type
+    return kind in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and kind not in MODEL_FOR_MASKED_LM_MAPPING_NAMES

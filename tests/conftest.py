@@ -74,6 +74,16 @@ def save_tiny_bert(folder: Path) -> str:
     return str(folder)
 
 
+DECODER_ARCHS = ("llama", "gemma2", "qwen2")
+
+
+def save_tiny_decoder(folder: Path, arch: str) -> str:
+    """A seeded 2-layer, 32-dim random decoder LM of family ``arch`` saved to ``folder``."""
+    from pipeline.randmodels import save_random_decoder
+
+    return save_random_decoder(folder, arch)
+
+
 def install_fake_features(monkeypatch, feats_of, swap_features) -> None:
     """Replace pipeline.featurize / features.swap by stand-ins built on ``feats_of(frame)``
     and ``swap_features(df)``, per the features contract (no encoder is loaded)."""
