@@ -53,6 +53,37 @@ def load_texts(data_dir: Path, cfg: EmbedConfig) -> list[str]:
     return list(dict.fromkeys(texts))
 
 
+# Kaggle "LLM Classification Finetuning" text lengths in characters, as lognormal fits
+# (median, sigma): prompts median ~100 and mean ~370, responses median ~1,000 and mean
+# ~1,400; one prompt and two responses per row.
+KAGGLE_LENGTHS = {"prompt": (100, 1.6), "response": (1000, 0.85)}
+MAX_SYNTHETIC_CHARS = 20_000
+
+
+def synthetic_texts(n: int, seed: int = 0) -> list[str]:
+    """``n`` unique English-like texts with Kaggle's prompt / response length mix.
+
+    Words come from the demo data's vocabulary in random order (real tokenizer work, no
+    data file needed: the GPU machine has none); every text starts with its own number.
+    """
+    from pipeline.demo import DEMO_SEED, make_demo
+
+    rng = np.random.default_rng(seed)
+    demo = make_demo(200, DEMO_SEED)
+    words = sorted({w for col in ("prompt", "response_a", "response_b") for cell in demo[col]
+                    for w in str(cell).replace('"', " ").replace("[", " ").replace("]", " ").split()})
+    # One long random word stream; each text is a slice of it at a random offset.
+    stream = " ".join(rng.choice(words, size=400_000))
+    kinds = np.where(np.arange(n) % 3 == 0, "prompt", "response")
+    out = []
+    for i, kind in enumerate(kinds):
+        median, sigma = KAGGLE_LENGTHS[kind]
+        length = int(min(MAX_SYNTHETIC_CHARS, max(5, rng.lognormal(np.log(median), sigma))))
+        start = int(rng.integers(0, len(stream) - length))
+        out.append(f"{i}. {stream[start:start + length]}")
+    return out
+
+
 def select(texts: list[str], limit: int | None, n_texts: int | None, seed: int) -> list[str]:
     """A seeded sample of ``limit`` texts, or ``n_texts`` resampled (copies made unique)."""
     rng = np.random.default_rng(seed)
@@ -77,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, default=None, help="use a seeded sample of N texts")
     p.add_argument("--n-texts", type=int, default=None,
                    help="resample to exactly N unique texts (for the GPU target, e.g. 170000)")
+    p.add_argument("--synthetic", action="store_true",
+                   help="with --n-texts: generated Kaggle-length texts instead of the data files")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--model", default=DEFAULT_MODEL, help="sentence-transformers name or path")
     p.add_argument("--batch-size", type=int, default=EmbedConfig.batch_size)
@@ -89,7 +122,10 @@ def main(argv: list[str] | None = None) -> int:
 
     load = os.getloadavg()[0]
     cfg = EmbedConfig(batch_size=args.batch_size, chunk_size=args.chunk_size)
-    texts = select(load_texts(args.data, cfg), args.limit, args.n_texts, args.seed)
+    if args.synthetic:
+        texts = synthetic_texts(args.n_texts or args.limit or 1000, args.seed)
+    else:
+        texts = select(load_texts(args.data, cfg), args.limit, args.n_texts, args.seed)
     device = resolve_device(args.device)
     half = cfg.half_on_gpu and device.startswith("cuda")
     model = load_model(args.model, device, None, half)

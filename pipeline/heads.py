@@ -284,7 +284,10 @@ def build_classifier(spec: ModelSpec, pretrained: bool = True,
 
     base = resolve_model_path(spec.base)
     pretrained = pretrained or spec.lora
-    dtype_kw = _dtype_kwargs(base_dtype if spec.lora else None)
+    # Trained weights stay float32 whatever the checkpoint holds (a bf16 / fp16 file would
+    # otherwise load as such and train without fp32 master weights); only a frozen LoRA
+    # base is loaded in half precision.
+    dtype_kw = _dtype_kwargs((base_dtype or torch.float32) if spec.lora else torch.float32)
     if spec.load_in_4bit:
         dtype_kw.update(_four_bit_kwargs(spec, base_dtype))
     if spec.head == "auto":

@@ -50,9 +50,12 @@ def decoder_config(arch: str, vocab_size: int, **sizes: Any) -> Any:
 
 
 def save_random_decoder(folder: str | Path, arch: str = "llama", tokenizer: Any = None,
-                        seed: int = 0, dtype: Any = None, **sizes: Any) -> str:
+                        seed: int = 0, dtype: Any = None, vocab_size: int | None = None,
+                        device: str = "cpu", **sizes: Any) -> str:
     """Save a seeded random decoder LM (and ``tokenizer``, default :func:`decoder_tokenizer`)
-    to ``folder``; returns the folder as a string."""
+    to ``folder``; returns the folder as a string. ``vocab_size`` (at least the
+    tokenizer's) sizes the embedding like a real model's; ``dtype`` the saved weights;
+    ``device`` where the random weights are drawn."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -60,11 +63,29 @@ def save_random_decoder(folder: str | Path, arch: str = "llama", tokenizer: Any 
     torch.manual_seed(seed)
     # Room above the tokenizer's ids, as real models pad their vocabulary: a tokenizer
     # class a family maps to (Qwen2's) may add its own pad token when it is loaded.
-    vocab = (len(tok) // 64 + 2) * 64
+    vocab = max(vocab_size or 0, (len(tok) // 64 + 2) * 64)
     config = decoder_config(arch, vocab, **sizes)
-    model = AutoModelForCausalLM.from_config(config)
+    with torch.device(device):  # a big model initialises much faster on a GPU
+        model = AutoModelForCausalLM.from_config(config)
     if dtype is not None:
         model = model.to(dtype)
     model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return str(folder)
+
+
+def save_random_encoder(folder: str | Path, seed: int = 0) -> str:
+    """Save a seeded 2-layer, 32-dim random BERT with the bundled MiniLM's tokenizer to
+    ``folder`` (loads in milliseconds; usable as an embed or a fine-tune model)."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from pipeline.models import resolve_model_path
+
+    tok = AutoTokenizer.from_pretrained(resolve_model_path("all-MiniLM-L6-v2"))
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2,
+                     num_attention_heads=2, intermediate_size=64, max_position_embeddings=128)
+    BertModel(cfg).save_pretrained(folder)
     tok.save_pretrained(folder)
     return str(folder)

@@ -60,18 +60,9 @@ def save_tiny_bert(folder: Path) -> str:
     Loads in milliseconds, so tests of training and caching stay fast; any local model
     path is a supported model setting. Returns: the folder as a string.
     """
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
+    from pipeline.randmodels import save_random_encoder
 
-    from pipeline.models import resolve_model_path
-
-    tok = AutoTokenizer.from_pretrained(resolve_model_path("all-MiniLM-L6-v2"))
-    torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2,
-                     num_attention_heads=2, intermediate_size=64, max_position_embeddings=128)
-    BertModel(cfg).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return str(folder)
+    return save_random_encoder(folder)
 
 
 DECODER_ARCHS = ("llama", "gemma2", "qwen2")
