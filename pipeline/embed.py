@@ -443,13 +443,71 @@ class ModelEncoder:
         self.long_text = long_text
         self.head_share = head_share
 
+    # Texts tokenised per call of the pipelined path: one big tokenizer call uses every
+    # core (measured on a 16-core GPU host: 4x the texts/s of 512-text calls).
+    TOKENIZE_PART = 2048
+
     def _encode(self, texts: list[str], normalize: bool) -> np.ndarray:
         import torch
 
+        if self._pipelined():
+            return self._encode_pipelined(texts, normalize)
         with torch.inference_mode():
             out = self.model.encode(texts, batch_size=self.batch_size, convert_to_numpy=True,
                                     normalize_embeddings=normalize, show_progress_bar=False)
         return np.asarray(out, dtype=np.float32).reshape(len(texts), -1)
+
+    def _pipelined(self) -> bool:
+        """Whether the model is a plain sentence-transformers stack (Transformer first) whose
+        tokenisation this encoder may run itself (else ``model.encode`` does everything)."""
+        try:
+            first = self.model[0]
+        except (TypeError, IndexError, KeyError):
+            return False  # not a module stack (a stand-in): encode() does everything
+        return (type(first).__name__ == "Transformer"
+                and callable(getattr(self.model, "preprocess", None) or getattr(self.model, "tokenize", None)))
+
+    def _encode_pipelined(self, texts: list[str], normalize: bool) -> np.ndarray:
+        """``model.encode`` with the tokenisation of the next part running (in Rust, without
+        the GIL) on a thread while the model works on this one, in large tokenizer calls.
+
+        Same features as ``encode`` (the model's own preprocessing; each batch's padding
+        cut to its longest row), same forward (``model.forward`` -> sentence_embedding).
+        """
+        import torch
+        from concurrent.futures import ThreadPoolExecutor
+
+        prep = getattr(self.model, "preprocess", None) or self.model.tokenize
+        device = self.model.device
+        # Longest first, as encode does, so that each batch pads to about its own length.
+        order = np.argsort([-len(t) for t in texts], kind="stable")
+        texts = [texts[i] for i in order]
+        parts = [texts[i:i + self.TOKENIZE_PART] for i in range(0, len(texts), self.TOKENIZE_PART)]
+        outs = []
+        with ThreadPoolExecutor(max_workers=1) as pool, torch.inference_mode():
+            pending = pool.submit(prep, parts[0])
+            for k in range(len(parts)):
+                feats = pending.result()
+                if k + 1 < len(parts):
+                    pending = pool.submit(prep, parts[k + 1])
+                n = len(parts[k])
+                mask = feats["attention_mask"]
+                for start in range(0, n, self.batch_size):
+                    rows = slice(start, start + self.batch_size)
+                    width = int(mask[rows].sum(dim=1).max())
+                    batch = {key: (v[rows, :width] if torch.is_tensor(v) and v.dim() == 2
+                                   and v.shape[0] == n and v.shape[1] == mask.shape[1]
+                                   else v[rows] if torch.is_tensor(v) and v.shape[0] == n else v)
+                             for key, v in feats.items()}
+                    batch = {key: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
+                             for key, v in batch.items()}
+                    outs.append(self.model.forward(batch)["sentence_embedding"])
+        vectors = torch.cat(outs).float()
+        if normalize:
+            vectors = torch.nn.functional.normalize(vectors, p=2, dim=1)
+        out = np.empty((len(texts), vectors.shape[1]), dtype=np.float32)
+        out[order] = vectors.cpu().numpy()
+        return out
 
     def _budget(self) -> tuple[object, int]:
         tokenizer = self.model.tokenizer
