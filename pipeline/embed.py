@@ -48,6 +48,7 @@ import dataclasses
 import functools
 import hashlib
 import logging
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -428,6 +429,30 @@ def embed_texts(cache: EmbeddingCache, texts: Sequence[str], make_encoder: Calla
 # --------------------------------------------------------------------------- the model
 
 
+_WORKER_TOKENIZER: tuple | None = None
+
+
+def _init_tokenizer_worker(tokenizer, max_length: int, lower: bool) -> None:
+    global _WORKER_TOKENIZER
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one process = one core
+    _WORKER_TOKENIZER = (tokenizer, max_length, lower)
+
+
+def _st_features(texts: list[str], tokenizer=None, max_length: int | None = None,
+                 lower: bool = False) -> dict[str, np.ndarray]:
+    """A sentence-transformers Transformer module's text features as int64 numpy arrays
+    (stripped, lower-cased when the module says so, padded to the longest, truncated to
+    ``max_length``); in a worker process the tokenizer comes from its initializer."""
+    if tokenizer is None:
+        tokenizer, max_length, lower = _WORKER_TOKENIZER
+    texts = [t.strip() for t in texts]
+    if lower:
+        texts = [t.lower() for t in texts]
+    enc = tokenizer(texts, padding=True, truncation="longest_first", max_length=max_length,
+                    return_tensors="np")
+    return {k: np.asarray(v, dtype=np.int64) for k, v in enc.items()}
+
+
 class ModelEncoder:
     """A frozen SentenceTransformer as an :data:`Encoder` applying the long-text mode."""
 
@@ -443,64 +468,94 @@ class ModelEncoder:
         self.long_text = long_text
         self.head_share = head_share
 
-    # Texts tokenised per call of the pipelined path: one big tokenizer call uses every
-    # core (measured on a 16-core GPU host: 4x the texts/s of 512-text calls).
+    # Texts per tokenizer call of the fast path.
     TOKENIZE_PART = 2048
+    # Tokenizer processes of the fast path on a machine with many cores (the Python side
+    # of tokenising, building the id lists, holds the GIL: threads cannot share it out).
+    TOKENIZE_WORKERS = 8
+    # Texts per call below which the process pool is not worth starting.
+    POOL_MIN_TEXTS = 8192
+    # Probe texts compared with the model's own preprocessing before the fast path is used.
+    _PROBE = ["  Leading and trailing spaces  ", "UPPER lower MiXeD ünïcödé 123", "",
+              "word " * 400, "tab\tand\nnewline"]
 
     def _encode(self, texts: list[str], normalize: bool) -> np.ndarray:
         import torch
 
-        if self._pipelined():
-            return self._encode_pipelined(texts, normalize)
+        if self._fast_ok():
+            return self._encode_fast(texts, normalize)
         with torch.inference_mode():
             out = self.model.encode(texts, batch_size=self.batch_size, convert_to_numpy=True,
                                     normalize_embeddings=normalize, show_progress_bar=False)
         return np.asarray(out, dtype=np.float32).reshape(len(texts), -1)
 
-    def _pipelined(self) -> bool:
-        """Whether the model is a plain sentence-transformers stack (Transformer first) whose
-        tokenisation this encoder may run itself (else ``model.encode`` does everything)."""
-        try:
-            first = self.model[0]
-        except (TypeError, IndexError, KeyError):
-            return False  # not a module stack (a stand-in): encode() does everything
-        return (type(first).__name__ == "Transformer"
-                and callable(getattr(self.model, "preprocess", None) or getattr(self.model, "tokenize", None)))
+    def _fast_ok(self) -> bool:
+        """Whether our own tokenisation gives exactly the model's features (checked once on
+        :attr:`_PROBE`); else ``model.encode`` does everything, as before."""
+        if getattr(self, "_fast", None) is None:
+            self._fast = False
+            try:
+                first = self.model[0]
+                prep = getattr(self.model, "preprocess", None) or self.model.tokenize
+                if type(first).__name__ == "Transformer" and getattr(self.model.tokenizer, "is_fast", False):
+                    self._tok_args = (self.model.tokenizer, int(self.model.max_seq_length),
+                                      bool(getattr(first, "do_lower_case", False)))
+                    ours, theirs = _st_features(self._PROBE, *self._tok_args), prep(self._PROBE)
+                    self._fast = set(ours) <= set(theirs) and all(
+                        np.array_equal(v, np.asarray(theirs[k])) for k, v in ours.items())
+            except Exception:  # noqa: BLE001 - any surprise: the plain path
+                self._fast = False
+            log.debug("embed: fast tokenisation path %s", "on" if self._fast else "off")
+        return self._fast
 
-    def _encode_pipelined(self, texts: list[str], normalize: bool) -> np.ndarray:
-        """``model.encode`` with the tokenisation of the next part running (in Rust, without
-        the GIL) on a thread while the model works on this one, in large tokenizer calls.
+    def _pool(self, n_texts: int):
+        """A process pool of tokenizers for a big call on a many-core machine, else None."""
+        if (n_texts < self.POOL_MIN_TEXTS or (os.cpu_count() or 1) < 2 * self.TOKENIZE_WORKERS
+                or not hasattr(os, "fork")):
+            return None
+        if getattr(self, "_workers", None) is None:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
 
-        Same features as ``encode`` (the model's own preprocessing; each batch's padding
-        cut to its longest row), same forward (``model.forward`` -> sentence_embedding).
-        """
+            # fork: the workers inherit the tokenizer and import nothing (spawn would re-run
+            # the main module); they never touch the GPU, so a CUDA parent is safe.
+            self._workers = ProcessPoolExecutor(
+                max_workers=self.TOKENIZE_WORKERS, mp_context=multiprocessing.get_context("fork"),
+                initializer=_init_tokenizer_worker, initargs=self._tok_args)
+        return self._workers
+
+    def _encode_fast(self, texts: list[str], normalize: bool) -> np.ndarray:
+        """``model.encode`` with our own tokenisation: the model's features exactly (see
+        :meth:`_fast_ok`), built as numpy arrays in calls of TOKENIZE_PART texts, on a
+        thread, or on worker processes for big calls on a many-core machine, while the
+        model encodes the previous part; each batch's padding cut to its longest row."""
         import torch
         from concurrent.futures import ThreadPoolExecutor
 
-        prep = getattr(self.model, "preprocess", None) or self.model.tokenize
         device = self.model.device
         # Longest first, as encode does, so that each batch pads to about its own length.
         order = np.argsort([-len(t) for t in texts], kind="stable")
         texts = [texts[i] for i in order]
         parts = [texts[i:i + self.TOKENIZE_PART] for i in range(0, len(texts), self.TOKENIZE_PART)]
+        pool = self._pool(len(texts))
         outs = []
-        with ThreadPoolExecutor(max_workers=1) as pool, torch.inference_mode():
-            pending = pool.submit(prep, parts[0])
+        with ThreadPoolExecutor(max_workers=1) as thread, torch.inference_mode():
+            if pool is not None:
+                futures = [pool.submit(_st_features, part) for part in parts]
+            else:
+                futures = [thread.submit(_st_features, parts[0], *self._tok_args)]
             for k in range(len(parts)):
-                feats = pending.result()
-                if k + 1 < len(parts):
-                    pending = pool.submit(prep, parts[k + 1])
+                feats = futures[k].result()
+                if pool is None and k + 1 < len(parts):
+                    futures.append(thread.submit(_st_features, parts[k + 1], *self._tok_args))
+                feats = {key: torch.from_numpy(v) for key, v in feats.items()}
+                lengths = feats["attention_mask"].sum(dim=1)
                 n = len(parts[k])
-                mask = feats["attention_mask"]
                 for start in range(0, n, self.batch_size):
                     rows = slice(start, start + self.batch_size)
-                    width = int(mask[rows].sum(dim=1).max())
-                    batch = {key: (v[rows, :width] if torch.is_tensor(v) and v.dim() == 2
-                                   and v.shape[0] == n and v.shape[1] == mask.shape[1]
-                                   else v[rows] if torch.is_tensor(v) and v.shape[0] == n else v)
+                    width = int(lengths[rows].max())
+                    batch = {key: v[rows, :width].to(device, non_blocking=True)
                              for key, v in feats.items()}
-                    batch = {key: v.to(device, non_blocking=True) if torch.is_tensor(v) else v
-                             for key, v in batch.items()}
                     outs.append(self.model.forward(batch)["sentence_embedding"])
         vectors = torch.cat(outs).float()
         if normalize:
