@@ -416,3 +416,45 @@ def test_cli_end_to_end_with_the_real_model_then_warm(tiny_csvs, tmp_path):
     assert (f"all {unique} texts cached for model all-MiniLM-L6-v2, nothing to encode"
             in warm.stderr), warm.stderr
     assert "loaded" not in warm.stderr and "computed" not in warm.stderr
+
+
+# ------------------------------------------------------------------ fast tokenisation path
+
+FAST_TEXTS = ["", "   ", "x", "  Leading and trailing  ", "UPPER lower MiXeD", "ünïcödé ✓",
+              "word " * 600, "tab\tand\nnewline", "short"] + [f"text {i} " * (i % 37) for i in range(60)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pool", [False, True])
+def test_fast_tokenisation_path_gives_the_vectors_of_encode(monkeypatch, pool):
+    import os
+
+    from pipeline.embed import ModelEncoder, load_model
+
+    model = load_model("all-MiniLM-L6-v2", "cpu", None, False)
+    plain = np.asarray(model.encode(FAST_TEXTS, batch_size=8, normalize_embeddings=True))
+    enc = ModelEncoder(model, 8, True, "truncate")
+    enc.TOKENIZE_PART = 16  # several parts: the next one is tokenised while this one encodes
+    if pool:
+        enc.POOL_MIN_TEXTS, enc.TOKENIZE_WORKERS = 10, 1
+        monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    fast = enc(FAST_TEXTS)
+    assert enc._fast_ok() is True
+    assert (getattr(enc, "_workers", None) is not None) == pool
+    assert fast.shape == plain.shape
+    np.testing.assert_allclose(fast, plain, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_fast_path_is_off_when_our_features_differ_from_the_models(monkeypatch):
+    import pipeline.embed as E
+
+    model = E.load_model("all-MiniLM-L6-v2", "cpu", None, False)
+    real = E._st_features
+    monkeypatch.setattr(E, "_st_features", lambda texts, *a: {
+        k: v + 1 if k == "input_ids" else v for k, v in real(texts, *a).items()})
+    enc = E.ModelEncoder(model, 8, True, "truncate")
+    out = enc(FAST_TEXTS[:12])
+    assert enc._fast_ok() is False
+    np.testing.assert_allclose(out, model.encode(FAST_TEXTS[:12], batch_size=8,
+                                                 normalize_embeddings=True), atol=1e-5)
