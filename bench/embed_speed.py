@@ -112,8 +112,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="with --n-texts: generated Kaggle-length texts instead of the data files")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--model", default=DEFAULT_MODEL, help="sentence-transformers name or path")
-    p.add_argument("--batch-size", type=int, default=EmbedConfig.batch_size)
-    p.add_argument("--chunk-size", type=int, default=EmbedConfig.chunk_size)
+    p.add_argument("--batch-size", type=int, default=None, help="default: the stage's for the device")
+    p.add_argument("--chunk-size", type=int, default=None, help="default: the stage's for the device")
     p.add_argument("--repeats", type=int, default=1,
                    help="time plain and stage-cold this many times, alternating; keep the best")
     p.add_argument("--seed", type=int, default=0)
@@ -121,7 +121,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     load = os.getloadavg()[0]
-    cfg = EmbedConfig(batch_size=args.batch_size, chunk_size=args.chunk_size)
+    from pipeline.embed import batch_and_chunk
+
+    batch, chunk = batch_and_chunk(EmbedConfig(batch_size=args.batch_size, chunk_size=args.chunk_size),
+                                   resolve_device(args.device))
+    cfg = EmbedConfig(batch_size=batch, chunk_size=chunk)
     if args.synthetic:
         texts = synthetic_texts(args.n_texts or args.limit or 1000, args.seed)
     else:

@@ -48,10 +48,11 @@ class EmbedConfig:
     turn_sep: str = "\n\n"
     # Characters kept per text before tokenisation (a cheap guard against 1 MB cells).
     max_chars: int = 20_000
-    # Encoder batch size; never part of a cache key.
-    batch_size: int = 64
-    # Texts per cache chunk: a killed run recomputes at most this many texts.
-    chunk_size: int = 2048
+    # Encoder batch size; never part of a cache key. None = 64 on the CPU, 512 on a GPU.
+    batch_size: int | None = None
+    # Texts per cache chunk: a killed run recomputes at most this many texts. None = 2,048
+    # on the CPU, 16,384 on a GPU (big enough for the tokenizer processes to pay off).
+    chunk_size: int | None = None
     # Half precision on a GPU (never on the CPU).
     half_on_gpu: bool = True
 

@@ -682,11 +682,23 @@ def load_model(name: str, device: str, max_seq_length: int | None, half: bool):
     return model
 
 
+# (CPU, GPU) defaults of embed.batch_size and embed.chunk_size (measured: bench/gpu_check.py).
+BATCH_SIZES = (64, 512)
+CHUNK_SIZES = (2048, 16_384)
+
+
+def batch_and_chunk(cfg: EmbedConfig, device: str) -> tuple[int, int]:
+    """embed.batch_size and embed.chunk_size on ``device`` (None = the device's default)."""
+    gpu = int(device.startswith("cuda"))
+    return cfg.batch_size or BATCH_SIZES[gpu], cfg.chunk_size or CHUNK_SIZES[gpu]
+
+
 def model_encoder(cfg: EmbedConfig, model: str, device: str) -> ModelEncoder:
     """The :class:`ModelEncoder` of ``model`` under ``cfg`` on ``device``."""
     half = bool(cfg.half_on_gpu and device.startswith("cuda"))
     st = load_model(model, device, cfg.max_seq_length, half)
-    return ModelEncoder(st, cfg.batch_size, cfg.normalize, cfg.long_text, cfg.head_share)
+    return ModelEncoder(st, batch_and_chunk(cfg, device)[0], cfg.normalize, cfg.long_text,
+                        cfg.head_share)
 
 
 # --------------------------------------------------------------------------- frames / stage
@@ -714,7 +726,8 @@ def _embed(ctx, cache: EmbeddingCache, texts: list[str], model: str,
            progress: bool = True) -> tuple[np.ndarray, EmbedStats]:
     cfg = ctx.config.embed
     return embed_texts(cache, texts, lambda: model_encoder(cfg, model, ctx.device),
-                       cfg.chunk_size, progress=progress, desc=f"embed {slug(model)}")
+                       batch_and_chunk(cfg, ctx.device)[1], progress=progress,
+                       desc=f"embed {slug(model)}")
 
 
 def embeddings_for(ctx, frame: pd.DataFrame, model: str) -> dict[str, np.ndarray]:
