@@ -55,6 +55,11 @@ class EmbedConfig:
     chunk_size: int | None = None
     # Half precision on a GPU (never on the CPU).
     half_on_gpu: bool = True
+    # CPU inference backend: "torch", "onnx" (ONNX Runtime) or "openvino"; exported once per
+    # model from the local folder (pipeline/embed_backends.py). GPU runs are always torch.
+    backend: str = "torch"
+    # "none" or "int8" (onnx / openvino only): quantised weights, faster, slightly other vectors.
+    quantize: str = "none"
 
 
 @dataclass(frozen=True)

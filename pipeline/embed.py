@@ -63,7 +63,8 @@ from tqdm.auto import tqdm
 
 from pipeline.catalog import (atomic_path, file_lock, hash_key, hash_texts, provenance_path,
                               read_json, slug, write_provenance)
-from pipeline.config import EmbedConfig
+from pipeline.config import ConfigError, EmbedConfig
+from pipeline.embed_backends import key_parts
 from pipeline.data import TEXT_COLUMNS, DataError, join_turns
 from pipeline.models import model_id, resolve_model_path
 
@@ -132,6 +133,7 @@ def cache_key_parts(cfg: EmbedConfig, model: str, version: int = CACHE_VERSION) 
         "turn_sep": cfg.turn_sep,
         "max_chars": cfg.max_chars,
         "version": version,
+        **key_parts(cfg.backend, cfg.quantize),
     }
 
 
@@ -457,7 +459,8 @@ class ModelEncoder:
     """A frozen SentenceTransformer as an :data:`Encoder` applying the long-text mode."""
 
     def __init__(self, model, batch_size: int, normalize: bool, long_text: str,
-                 head_share: float = 0.5):
+                 head_share: float = 0.5, backend: str = "torch", quantize: str = "none",
+                 export_dir: Path | None = None):
         if long_text not in LONG_TEXT_MODES:
             raise ValueError(f"long_text {long_text!r} is not one of {', '.join(LONG_TEXT_MODES)}")
         if not 0.0 <= head_share <= 1.0:
@@ -467,6 +470,10 @@ class ModelEncoder:
         self.normalize = normalize
         self.long_text = long_text
         self.head_share = head_share
+        self.backend = backend
+        self.quantize = quantize
+        self.export_dir = export_dir
+        self._runner = None
 
     # Texts per tokenizer call of the fast path.
     TOKENIZE_PART = 2048
@@ -482,6 +489,9 @@ class ModelEncoder:
     def _encode(self, texts: list[str], normalize: bool) -> np.ndarray:
         import torch
 
+        if self.backend != "torch":
+            self._backend_runner()
+            return self._encode_fast(texts, normalize)
         if self._fast_ok():
             return self._encode_fast(texts, normalize)
         with torch.inference_mode():
@@ -507,6 +517,22 @@ class ModelEncoder:
                 self._fast = False
             log.debug("embed: fast tokenisation path %s", "on" if self._fast else "off")
         return self._fast
+
+    def _backend_runner(self):
+        """The ONNX Runtime / OpenVINO runner of the exported transformer (made once)."""
+        if self._runner is None:
+            from pipeline.embed_backends import BackendError, exported_model, make_runner
+
+            if not self._fast_ok():
+                raise BackendError(f"embed.backend={self.backend} needs a plain sentence-transformers "
+                                   "model (a Hugging Face transformer, then pooling) with a fast "
+                                   "tokenizer; use embed.backend: torch for this model")
+            if self.export_dir is None:
+                raise BackendError(f"embed.backend={self.backend}: no folder to export the model to")
+            path = exported_model(self.model, self.backend, self.quantize, self.export_dir,
+                                  lambda texts: _st_features(texts, *self._tok_args))
+            self._runner = make_runner(path, self.backend)
+        return self._runner
 
     def _pool(self, n_texts: int):
         """A process pool of tokenizers for a big call on a many-core machine, else None."""
@@ -554,6 +580,14 @@ class ModelEncoder:
                 for start in range(0, n, self.batch_size):
                     rows = slice(start, start + self.batch_size)
                     width = int(lengths[rows].max())
+                    if self._runner is not None:
+                        from pipeline.embed_backends import pool_outputs
+
+                        batch = {key: v[rows, :width] for key, v in feats.items()}
+                        hidden = self._runner({k: v.numpy() for k, v in batch.items()})
+                        outs.append(pool_outputs(self.model, hidden,
+                                                 {"attention_mask": batch["attention_mask"]}))
+                        continue
                     batch = {key: v[rows, :width].to(device, non_blocking=True)
                              for key, v in feats.items()}
                     outs.append(self.model.forward(batch)["sentence_embedding"])
@@ -693,12 +727,24 @@ def batch_and_chunk(cfg: EmbedConfig, device: str) -> tuple[int, int]:
     return cfg.batch_size or BATCH_SIZES[gpu], cfg.chunk_size or CHUNK_SIZES[gpu]
 
 
-def model_encoder(cfg: EmbedConfig, model: str, device: str) -> ModelEncoder:
-    """The :class:`ModelEncoder` of ``model`` under ``cfg`` on ``device``."""
+def model_encoder(cfg: EmbedConfig, model: str, device: str,
+                  export_root: Path | None = None) -> ModelEncoder:
+    """The :class:`ModelEncoder` of ``model`` under ``cfg`` on ``device``; a backend other
+    than torch exports the model once into a folder of ``export_root`` (one per model)."""
+    from pipeline.embed_backends import BackendError, check
+
+    try:
+        check(cfg.backend, cfg.quantize, device)
+    except BackendError as exc:
+        raise ConfigError(str(exc)) from None
     half = bool(cfg.half_on_gpu and device.startswith("cuda"))
     st = load_model(model, device, cfg.max_seq_length, half)
+    export_dir = None
+    if cfg.backend != "torch" and export_root is not None:
+        export_dir = Path(export_root) / f"{slug(model)}-{hash_key('export', model_id(model))}"
     return ModelEncoder(st, batch_and_chunk(cfg, device)[0], cfg.normalize, cfg.long_text,
-                        cfg.head_share)
+                        cfg.head_share, backend=cfg.backend, quantize=cfg.quantize,
+                        export_dir=export_dir)
 
 
 # --------------------------------------------------------------------------- frames / stage
@@ -725,7 +771,8 @@ def open_cache(ctx, model: str) -> EmbeddingCache:
 def _embed(ctx, cache: EmbeddingCache, texts: list[str], model: str,
            progress: bool = True) -> tuple[np.ndarray, EmbedStats]:
     cfg = ctx.config.embed
-    return embed_texts(cache, texts, lambda: model_encoder(cfg, model, ctx.device),
+    return embed_texts(cache, texts, lambda: model_encoder(cfg, model, ctx.device,
+                                                         ctx.catalog.stage_cache("models")),
                        batch_and_chunk(cfg, ctx.device)[1], progress=progress,
                        desc=f"embed {slug(model)}")
 
