@@ -97,25 +97,21 @@ def position_ids_of(mask: torch.Tensor) -> torch.Tensor:
 class MeanHead(nn.Module):
     """Masked mean pooling + dropout + linear -> [B, 3]."""
 
+    pool = staticmethod(masked_mean)
+
     def __init__(self, hidden: int, dropout: float):
         super().__init__()
         self.dropout = nn.Dropout(dropout)
         self.out = nn.Linear(hidden, NUM_LABELS)
 
     def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.out(self.dropout(masked_mean(states, mask)))
+        return self.out(self.dropout(self.pool(states, mask)))
 
 
-class LastHead(nn.Module):
+class LastHead(MeanHead):
     """Last real token's state + dropout + linear -> [B, 3]."""
 
-    def __init__(self, hidden: int, dropout: float):
-        super().__init__()
-        self.dropout = nn.Dropout(dropout)
-        self.out = nn.Linear(hidden, NUM_LABELS)
-
-    def forward(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.out(self.dropout(last_real(states, mask)))
+    pool = staticmethod(last_real)
 
 
 class CNNHead(nn.Module):

@@ -86,8 +86,8 @@ def encoded(monkeypatch):
     seen: list[str] = []
     real = E.model_encoder
 
-    def counting(cfg, model, device):
-        encoder = real(cfg, model, device)
+    def counting(cfg, model, device, export_root=None):
+        encoder = real(cfg, model, device, export_root)
 
         def call(texts):
             seen.extend(texts)

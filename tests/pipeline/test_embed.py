@@ -352,7 +352,7 @@ def _ctx(tiny_csvs, workdir: Path, **embed_overrides) -> RunContext:
 
 def test_embeddings_for_aligns_rows_and_computes_only_new_texts(tiny_csvs, tmp_path, monkeypatch):
     fake = CountingEncoder()
-    monkeypatch.setattr(embed, "model_encoder", lambda cfg, model, device: fake)
+    monkeypatch.setattr(embed, "model_encoder", lambda cfg, model, device, export_root=None: fake)
     ctx = _ctx(tiny_csvs, tmp_path / "work", chunk_size=4)
     train = ctx.dataset.train
     out = embeddings_for(ctx, train, "all-MiniLM-L6-v2")
@@ -375,7 +375,7 @@ def test_embeddings_for_aligns_rows_and_computes_only_new_texts(tiny_csvs, tmp_p
 def test_run_stage_force_recomputes_and_warm_run_loads_nothing(tiny_csvs, tmp_path, monkeypatch,
                                                               caplog):
     fake = CountingEncoder()
-    monkeypatch.setattr(embed, "model_encoder", lambda cfg, model, device: fake)
+    monkeypatch.setattr(embed, "model_encoder", lambda cfg, model, device, export_root=None: fake)
     ctx = _ctx(tiny_csvs, tmp_path / "work")
     embed.run_stage(ctx)
     first = len(fake.seen)
@@ -384,7 +384,7 @@ def test_run_stage_force_recomputes_and_warm_run_loads_nothing(tiny_csvs, tmp_pa
     with caplog.at_level(logging.INFO, logger="pipeline.embed"):
         embed.run_stage(ctx)
     assert f"all {first} texts cached for model all-MiniLM-L6-v2, nothing to encode" in caplog.text
-    monkeypatch.setattr(embed, "model_encoder", lambda cfg, model, device: fake)
+    monkeypatch.setattr(embed, "model_encoder", lambda cfg, model, device, export_root=None: fake)
     ctx.force = True
     embed.run_stage(ctx)
     assert len(fake.seen) == 2 * first
