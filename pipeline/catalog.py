@@ -71,8 +71,11 @@ class Catalog:
         return self.workdir / "runs"
 
     def run_dir(self, experiment: str) -> Path:
-        """Output folder of one experiment (``runs/<experiment>``), created on demand."""
-        path = self.runs_dir / experiment
+        """Output folder of one experiment (``runs/<experiment>``), created on demand.
+        ``experiment`` must be a safe name (pipeline.config.SAFE_NAME): never a path."""
+        from pipeline.config import check_name
+
+        path = self.runs_dir / check_name(experiment, "experiment name")
         path.mkdir(parents=True, exist_ok=True)
         return path
 

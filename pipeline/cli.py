@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from pipeline.catalog import Catalog, sweep_stale_temp_files
-from pipeline.config import ConfigError, apply_overrides, load_config
+from pipeline.config import ConfigError, apply_overrides, check_name, load_config
 from pipeline.context import RunContext
 from pipeline.data import DataError
 from pipeline.stages import STAGES, stages_for
@@ -108,6 +108,8 @@ def make_context(args: argparse.Namespace) -> RunContext:
         overrides["finetune"] = ft
     if overrides:
         cfg = apply_overrides(cfg, overrides)
+    if args.run is not None:
+        check_name(args.run, "--run")
     return RunContext(config=cfg, catalog=catalog, train_path=Path(train_path),
                       test_path=Path(test_path), device_request=cfg.device, force=args.force,
                       run_name=args.run, out_path=args.out)

@@ -13,6 +13,7 @@ Unknown keys are an error that lists the valid ones. CLI flags override the file
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -28,6 +29,31 @@ DEFAULT_MODEL = "all-MiniLM-L6-v2"
 
 class ConfigError(ValueError):
     """A config file or override is invalid; the message says where and how to fix it."""
+
+
+# Names that become folder or column names (experiments, stack members): letters, digits,
+# '.', '_', '-', starting with a letter or digit (so never '.', '..', '' or a path).
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+# Member names the run's own columns use.
+RESERVED_MEMBER_NAMES = frozenset({"blend", "id", "fold", "label"})
+
+
+def check_name(value: Any, where: str) -> str:
+    """``value`` if it is a safe name (SAFE_NAME), else ConfigError naming ``where``."""
+    if not isinstance(value, str) or not SAFE_NAME.fullmatch(value):
+        raise ConfigError(f"{where}={value!r} is not a usable name: use 1-100 letters, digits, "
+                          "'.', '_' or '-', starting with a letter or digit (it becomes a folder name)")
+    return value
+
+
+def check_names(cfg: "Config") -> None:
+    """The experiment name and every stack member name are safe; members are not reserved."""
+    check_name(cfg.name, "name")
+    for member in cfg.stack.members:
+        check_name(member, f"stack.members.{member}")
+        if member in RESERVED_MEMBER_NAMES:
+            raise ConfigError(f"stack.members.{member}: {member!r} is a reserved name (a column "
+                              f"of the run's outputs); choose another")
 
 
 @dataclass(frozen=True)
@@ -300,8 +326,11 @@ def _apply(obj: Any, overrides: dict[str, Any], where: str) -> Any:
 
 
 def apply_overrides(cfg: Config, overrides: dict[str, Any], where: str = "") -> Config:
-    """Return ``cfg`` with nested ``overrides`` applied; unknown keys raise ConfigError."""
-    return _apply(cfg, overrides, where)
+    """Return ``cfg`` with nested ``overrides`` applied; unknown keys and unsafe names
+    (:func:`check_names`) raise ConfigError."""
+    out = _apply(cfg, overrides, where)
+    check_names(out)
+    return out
 
 
 def load_config(path: str | Path | None) -> Config:

@@ -102,6 +102,9 @@ def score_run(res: BlendResult, y: np.ndarray, folds: np.ndarray, eps: float) ->
 def save_models(run_dir: Path, members: list, ft, res: BlendResult, ctx) -> None:
     """runs/<exp>/models/: every member's fitted learners and view states, and manifest.json."""
     models_dir = run_dir / "models"
+    runs_root = ctx.catalog.runs_dir.resolve()
+    if runs_root not in models_dir.resolve().parents:  # never delete outside runs/
+        raise ValueError(f"{models_dir} is not inside {runs_root}; refusing to replace it")
     if models_dir.exists():
         shutil.rmtree(models_dir)
     manifest_members = {}

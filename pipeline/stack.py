@@ -27,6 +27,7 @@ import pandas as pd
 from pipeline.blend import N_CLASSES, softmax
 from pipeline.catalog import (CODE_VERSION, file_lock, hash_key, read_json, read_parquet_checked,
                               write_bytes_atomic, write_json_atomic, write_parquet_atomic)
+from pipeline.config import check_names
 from pipeline.crossfit import FoldMatrices, MemberFit, cross_fit
 from pipeline.learners.base import digest, learner_class
 from pipeline.views import Source, array_hash, build_views, fitted_state, select_columns
@@ -431,10 +432,7 @@ def run_stage(ctx) -> None:
     if not cfg.members:
         raise ValueError("stack.members is empty: give at least one member, e.g. lgbm_all: [all]")
     specs = [member_spec(name, spec) for name, spec in cfg.members.items()]
-    reserved = {"blend", "id", "fold", "label"}
-    for s in specs:
-        if s.name in reserved:
-            raise ValueError(f"stack.members: {s.name!r} is a reserved name; choose another")
+    check_names(ctx.config)  # also checked when the config is read; a context may be built by hand
     inp = prepare_inputs(ctx)
     counts = np.bincount(inp.y, minlength=N_CLASSES)
     if (counts == 0).any():
