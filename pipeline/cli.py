@@ -121,6 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         ctx = make_context(args)
         t_all = time.perf_counter()
+        if args.stage in ("all", "stack"):
+            from pipeline.stack import check_config as check_stack_config
+
+            check_stack_config(ctx.config)  # a bad member fails before embed and features run
         if args.stage not in ("predict", "report"):
             ctx.dataset  # validate the inputs before any stage starts writing
         swept = [t for d in (ctx.catalog.cache_dir, ctx.catalog.runs_dir)

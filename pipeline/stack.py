@@ -96,6 +96,32 @@ def learner_params(cfg, spec: MemberSpec) -> dict:
             **cfg.lgbm_params, **spec.params}
 
 
+def check_config(cfg) -> None:
+    """ConfigError for a stack setting that cannot work, before any stage starts: no members,
+    a bad member form, a learner's unknown or forbidden params (misspelt LightGBM names
+    included), unknown inputs."""
+    from pipeline.config import ConfigError
+    from pipeline.learners.base import make_learner
+    from pipeline.views import build_views
+
+    if not cfg.stack.members:
+        raise ConfigError("stack.members is empty: give at least one member, e.g. lgbm_all: [all]")
+    try:
+        make_learner("lgbm", learner_params(cfg.stack, MemberSpec("lgbm_params", "lgbm", ["all"])))
+    except ValueError as exc:
+        raise ConfigError(f"stack.lgbm_params: {exc}") from None
+    for name, raw in cfg.stack.members.items():
+        try:
+            spec = member_spec(name, raw)
+            make_learner(spec.kind, learner_params(cfg.stack, spec))
+            build_views(spec.inputs, learner_class(spec.kind).accepts_sparse, spec.kind, cfg.stack,
+                        cfg.embed, lambda m: {"model": m})
+        except ValueError as exc:
+            text = str(exc)
+            where = "" if text.startswith("stack.") else f"stack.members.{name}: "
+            raise ConfigError(where + text) from None
+
+
 def member_views(ctx, spec: MemberSpec) -> list:
     """The views of a member under the run's config."""
     from pipeline.embed import cache_key_parts

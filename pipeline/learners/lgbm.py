@@ -54,6 +54,33 @@ CONTROL = {"num_boost_round": 1000, "early_stopping": True, "early_stopping_roun
 MIN_ROWS_PER_THREADED_FIT = 10_000
 
 
+def lightgbm_parameter_names() -> dict[str, str] | None:
+    """Every name LightGBM knows (parameters and their aliases) -> its parameter, or None
+    when this LightGBM version does not say (then nothing is checked)."""
+    try:
+        from lightgbm.basic import _ConfigAliases
+
+        aliases = _ConfigAliases._get_all_param_aliases()
+    except Exception:  # noqa: BLE001 - a private helper of LightGBM: be ready for it to go
+        return None
+    return {a: name for name, names in aliases.items() for a in [name, *names]}
+
+
+def check_parameter_names(params: dict) -> None:
+    """ValueError naming a key LightGBM does not know (and the closest parameter it does)."""
+    import difflib
+
+    known = lightgbm_parameter_names()
+    if known is None:
+        return
+    for key in params:
+        if key not in known and key not in CONTROL:
+            close = difflib.get_close_matches(key, sorted(set(known) | set(CONTROL)), n=1)
+            hint = f"; did you mean {known.get(close[0], close[0])!r}?" if close else ""
+            raise ValueError(f"{key!r} is not a LightGBM parameter{hint} (LightGBM would ignore "
+                             "it silently)")
+
+
 def lgbm_params(overrides: dict, seed: int, n_rows: int | None = None) -> dict:
     """DEFAULT_LGBM_PARAMS with ``overrides`` merged in, the seed, and the thread count.
 
@@ -114,7 +141,8 @@ class LGBMLearner:
         self.early_stopping_rounds = int(control["early_stopping_rounds"])
         self.refit = bool(control["refit"])
         self.overrides = {k: v for k, v in params.items() if k not in CONTROL}
-        lgbm_params(self.overrides, 0)  # fail now on a forbidden override
+        check_parameter_names(self.overrides)  # fail now on a misspelt name ...
+        lgbm_params(self.overrides, 0)  # ... or a forbidden override
         self.booster = None
         self.inner_score: float | None = None
         self.ids = self.ids_valid = None  # row ids of the next fit (for leak tests)

@@ -68,3 +68,35 @@ def test_a_file_stem_that_is_not_a_safe_name_says_how_to_fix_it(tmp_path):
     config.write_text("name: my-experiment\nseed: 1\n")
     assert load_config(config).name == "my-experiment"
     assert Path(config).exists()
+
+
+# ------------------------------------------------------------------ stack settings checked up front
+
+@pytest.mark.parametrize("stack,match", [
+    ({"lgbm_params": {"num_leafs": 8}}, "did you mean 'num_leaves'"),
+    ({"members": {"m": {"kind": "lgbm", "inputs": ["length"], "params": {"learning_rat": 0.1}}}},
+     "stack.members.m: 'learning_rat' is not a LightGBM parameter; did you mean 'learning_rate'"),
+    ({"members": {"m": {"kind": "linear", "inputs": ["length"], "params": {"CC": 1.0}}}},
+     "stack.members.m: linear learner: unknown param"),
+    ({"members": {"m": {"kind": "forest", "inputs": ["length"]}}}, "unknown learner kind"),
+    ({"members": {}}, "stack.members is empty"),
+])
+def test_bad_stack_settings_stop_the_run_before_any_stage(tmp_path, stack, match, caplog):
+    import yaml
+
+    from pipeline.stack import check_config
+
+    cfg = apply_overrides(Config(), {"stack": stack})
+    with pytest.raises(ConfigError, match=match):
+        check_config(cfg)
+    config = tmp_path / "exp.yaml"
+    config.write_text(yaml.safe_dump({"stack": stack}))
+    workdir = tmp_path / "work"
+    assert main(["--demo", "--config", str(config), "--workdir", str(workdir)]) == 2
+    assert not (workdir / "cache" / "embed").exists()  # failed before embed
+
+
+def test_the_default_stack_passes_the_check():
+    from pipeline.stack import check_config
+
+    check_config(Config())
