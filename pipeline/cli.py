@@ -127,6 +127,12 @@ def main(argv: list[str] | None = None) -> int:
             check_stack_config(ctx.config)  # a bad member fails before embed and features run
         if args.stage not in ("predict", "report"):
             ctx.dataset  # validate the inputs before any stage starts writing
+        if args.stage in ("all", "stack", "finetune"):
+            from pipeline.folds import check_can_cross_validate
+
+            check_can_cross_validate(ctx.dataset.train, ctx.config.stack.n_folds,
+                                     ctx.config.stack.fold_seed,
+                                     ctx.config.finetune.max_rows if args.stage == "finetune" else None)
         swept = [t for d in (ctx.catalog.cache_dir, ctx.catalog.runs_dir)
                  for t in sweep_stale_temp_files(d)]
         if swept:

@@ -325,11 +325,69 @@ def _apply(obj: Any, overrides: dict[str, Any], where: str) -> Any:
     return dataclasses.replace(obj, **changes)
 
 
+def _between(lo: float, hi: float, lo_open: bool = False, hi_open: bool = False, none: bool = False):
+    def ok(v: Any) -> bool:
+        if v is None:
+            return none
+        return (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+    text = f"{'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+    return ok, ("null or " if none else "") + f"a number in {text}"
+
+
+def _one_of(*values: str):
+    return (lambda v: v in values), "one of " + ", ".join(values)
+
+
+_NONEMPTY = (lambda v: len(v) > 0, "a non-empty list")
+_INF = float("inf")
+
+# Allowed values of the settings whose type alone does not make them usable; checked for
+# every config as it is built (a bad one fails before any stage starts, naming the key).
+RULES: dict[str, tuple[Any, str]] = {
+    "embed.models": _NONEMPTY,
+    "embed.max_seq_length": _between(8, 100_000, none=True),
+    "embed.long_text": _one_of("truncate", "head_tail", "chunk_mean"),
+    "embed.head_share": _between(0, 1),
+    "embed.max_chars": _between(1, _INF),
+    "embed.batch_size": _between(1, _INF, none=True),
+    "embed.chunk_size": _between(1, _INF, none=True),
+    "embed.backend": _one_of("torch", "onnx", "openvino"),
+    "embed.quantize": _one_of("none", "int8"),
+    "features.embed_diff_dims": _between(0, _INF, none=True),
+    "stack.n_folds": _between(2, 100),
+    "stack.seeds": _NONEMPTY,
+    "stack.num_boost_round": _between(1, _INF),
+    "stack.early_stopping_rounds": _between(1, _INF),
+    "stack.inner_valid_fraction": _between(0, 0.5, lo_open=True),
+    "stack.blend": _one_of("soft_vote", "meta"),
+    "stack.meta_C": _between(0, _INF, lo_open=True),
+    "stack.clip_eps": _between(0, 0.1, lo_open=True),
+    "finetune.max_length": _between(8, 1_000_000),
+    "finetune.epochs": _between(0, 1_000, lo_open=True),
+    "finetune.lr": _between(0, 1, lo_open=True),
+    "finetune.batch_size": _between(1, _INF),
+    "finetune.grad_accum": _between(1, _INF),
+    "finetune.eval_batch_size": _between(1, _INF),
+    "finetune.seeds": _NONEMPTY,
+    "finetune.max_rows": _between(1, _INF, none=True),
+}
+
+
+def check_values(cfg: "Config") -> None:
+    """ConfigError naming the first setting of RULES whose value is not allowed."""
+    for key, (ok, allowed) in RULES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if not ok(value):
+            raise ConfigError(f"{key}={value!r}: must be {allowed}")
+
+
 def apply_overrides(cfg: Config, overrides: dict[str, Any], where: str = "") -> Config:
-    """Return ``cfg`` with nested ``overrides`` applied; unknown keys and unsafe names
-    (:func:`check_names`) raise ConfigError."""
+    """Return ``cfg`` with nested ``overrides`` applied; unknown keys, unsafe names
+    (:func:`check_names`) and values outside :data:`RULES` raise ConfigError."""
     out = _apply(cfg, overrides, where)
     check_names(out)
+    check_values(out)
     return out
 
 

@@ -57,6 +57,29 @@ def assign_folds(train: pd.DataFrame, n_folds: int, seed: int) -> pd.DataFrame:
     return pd.DataFrame({"id": train["id"].astype(str).to_numpy(), "fold": fold})
 
 
+def check_can_cross_validate(train: pd.DataFrame, n_folds: int, seed: int,
+                             max_rows: int | None = None) -> None:
+    """DataError, before any stage runs, when ``train`` cannot be cross-validated in
+    ``n_folds`` prompt-grouped folds (or, with ``max_rows``, when the fine-tune stage's
+    first ``max_rows`` rows leave a fold without training or validation rows)."""
+    from pipeline.data import DataError
+
+    groups = prompt_groups(train)
+    n_groups = int(groups.max()) + 1 if len(groups) else 0
+    if n_groups < n_folds:
+        raise DataError(f"the training data has {len(train)} rows with {n_groups} distinct "
+                        f"prompt(s): too few for stack.n_folds={n_folds} prompt-grouped folds; "
+                        f"set stack.n_folds to at most {max(n_groups, 2)} or add rows"
+                        + (" (at least 2 distinct prompts are needed)" if n_groups < 2 else ""))
+    if max_rows is not None and max_rows < len(train):
+        folds = assign_folds(train, n_folds, seed)["fold"].to_numpy()[:max_rows]
+        present = np.bincount(folds, minlength=n_folds)
+        if (present == 0).any() or (present == len(folds)).any():
+            raise DataError(f"--max-rows {max_rows}: the first {max_rows} training rows fall in "
+                            f"{int((present > 0).sum())} of the {n_folds} folds, so some fold "
+                            "would have no validation (or no training) rows; raise --max-rows")
+
+
 def load_or_make_folds(catalog: Catalog, train: pd.DataFrame, n_folds: int, seed: int,
                        force: bool = False) -> pd.DataFrame:
     """Folds for this training set from the cache, or assigned and saved once.

@@ -106,14 +106,19 @@ def check_config(cfg) -> None:
 
     if not cfg.stack.members:
         raise ConfigError("stack.members is empty: give at least one member, e.g. lgbm_all: [all]")
+    from pipeline.learners.lgbm import check_parameter_values
+
     try:
         make_learner("lgbm", learner_params(cfg.stack, MemberSpec("lgbm_params", "lgbm", ["all"])))
+        check_parameter_values(cfg.stack.lgbm_params)
     except ValueError as exc:
         raise ConfigError(f"stack.lgbm_params: {exc}") from None
     for name, raw in cfg.stack.members.items():
         try:
             spec = member_spec(name, raw)
             make_learner(spec.kind, learner_params(cfg.stack, spec))
+            if spec.kind == "lgbm":
+                check_parameter_values({**cfg.stack.lgbm_params, **spec.params})
             build_views(spec.inputs, learner_class(spec.kind).accepts_sparse, spec.kind, cfg.stack,
                         cfg.embed, lambda m: {"model": m})
         except ValueError as exc:

@@ -81,6 +81,22 @@ def check_parameter_names(params: dict) -> None:
                              "it silently)")
 
 
+def check_parameter_values(overrides: dict) -> None:
+    """ValueError with LightGBM's own message when it refuses these parameters (one boosting
+    round on 30 random rows: a few milliseconds, so a bad value fails before any stage)."""
+    import lightgbm as lgb
+
+    rng = np.random.default_rng(0)
+    params = {**lgbm_params({k: v for k, v in overrides.items() if k not in CONTROL}, 0),
+              "num_threads": 1, "verbosity": -1}
+    try:
+        lgb.train(params, lgb.Dataset(rng.random((30, 3)), label=np.arange(30) % 3),
+                  num_boost_round=1)
+    except lgb.basic.LightGBMError as exc:
+        reason = str(exc).split(" at /")[0].strip()  # drop LightGBM's source path
+        raise ValueError(f"LightGBM refuses these parameters: {reason}") from None
+
+
 def lgbm_params(overrides: dict, seed: int, n_rows: int | None = None) -> dict:
     """DEFAULT_LGBM_PARAMS with ``overrides`` merged in, the seed, and the thread count.
 
