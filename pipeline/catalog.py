@@ -269,6 +269,40 @@ def file_lock(path: str | Path) -> Iterator[None]:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
+class RunBusy(RuntimeError):
+    """Another process runs the same experiment and the caller asked not to wait."""
+
+
+@contextlib.contextmanager
+def run_lock(catalog: "Catalog", experiment: str, wait: bool = True) -> Iterator[None]:
+    """One run of ``experiment`` at a time in a workdir (flock on runs/.<experiment>.lock).
+
+    A second run waits for the first (saying so in the log), or raises RunBusy when
+    ``wait`` is false. Different experiments never wait for each other.
+    """
+    from pipeline.config import check_name
+
+    path = catalog.runs_dir / f".{check_name(experiment, 'experiment name')}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not wait:
+                raise RunBusy(f"another run of experiment {experiment!r} is in progress in "
+                              f"{catalog.workdir} (lock {path}); wait for it, or run without "
+                              "--no-wait to queue behind it") from None
+            log.info("another run of experiment %r is in progress (lock %s); waiting for it "
+                     "to finish", experiment, path)
+            t0 = time.perf_counter()
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            log.info("the other run finished after %.1fs; going on", time.perf_counter() - t0)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
 def cached(path: Path, compute: Callable[[], pd.DataFrame], config: Any,
            force: bool = False, expected_rows: int | None = None) -> tuple[pd.DataFrame, bool]:
     """Read ``path`` if valid, else compute, write atomically with provenance.

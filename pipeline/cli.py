@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 import time
 from pathlib import Path
 
-from pipeline.catalog import Catalog, sweep_stale_temp_files
+from pipeline.catalog import Catalog, RunBusy, run_lock, sweep_stale_temp_files
 from pipeline.config import ConfigError, apply_overrides, check_name, load_config
 from pipeline.context import RunContext
 from pipeline.data import DataError
@@ -57,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--stage finetune: comma-separated folds to train (e.g. 0 or 0,1)")
     p.add_argument("--max-rows", type=int, default=None,
                    help="--stage finetune: use only the first N training rows (quick runs)")
+    p.add_argument("--no-wait", action="store_true",
+                   help="exit 2 at once if another run of the same experiment is in progress "
+                        "(default: wait for it)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
 
@@ -143,14 +147,17 @@ def main(argv: list[str] | None = None) -> int:
             if not in_all:
                 log.info("finetune: skipped in --stage all on the CPU (slow); run --stage "
                          "finetune, or set finetune.in_all: true, to add it to the blend")
-        for stage in stages_for(args.stage, bool(in_all)):
-            t0 = time.perf_counter()
-            log.info("== stage %s: %s", stage.name, stage.help)
-            stage.load()(ctx)
-            log.info("== stage %s finished in %.1fs", stage.name, time.perf_counter() - t0)
+        experiment = (ctx.run_name or ctx.config.name) if args.stage == "predict" else ctx.config.name
+        with (contextlib.nullcontext() if args.stage == "report"
+              else run_lock(ctx.catalog, experiment, wait=not args.no_wait)):
+            for stage in stages_for(args.stage, bool(in_all)):
+                t0 = time.perf_counter()
+                log.info("== stage %s: %s", stage.name, stage.help)
+                stage.load()(ctx)
+                log.info("== stage %s finished in %.1fs", stage.name, time.perf_counter() - t0)
         log.info("all done in %.1fs (experiment %r, workdir %s)", time.perf_counter() - t_all,
                  ctx.config.name, ctx.catalog.workdir)
-    except (DataError, ConfigError) as exc:
+    except (DataError, ConfigError, RunBusy) as exc:
         log.error("%s", exc)
         return 2
     except KeyboardInterrupt:

@@ -7,6 +7,7 @@ Blend weights are chosen on out-of-fold predictions; the reported blend score is
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -100,13 +101,28 @@ def score_run(res: BlendResult, y: np.ndarray, folds: np.ndarray, eps: float) ->
 
 
 def save_models(run_dir: Path, members: list, ft, res: BlendResult, ctx) -> None:
-    """runs/<exp>/models/: every member's fitted learners and view states, and manifest.json."""
-    models_dir = run_dir / "models"
+    """runs/<exp>/models/: every member's fitted learners and view states, and manifest.json.
+
+    Built in a temporary folder beside it and swapped in by renames, so a reader (``--stage
+    predict``) sees the old models or the new ones, never a mix.
+    """
+    final_dir = run_dir / "models"
     runs_root = ctx.catalog.runs_dir.resolve()
-    if runs_root not in models_dir.resolve().parents:  # never delete outside runs/
-        raise ValueError(f"{models_dir} is not inside {runs_root}; refusing to replace it")
-    if models_dir.exists():
-        shutil.rmtree(models_dir)
+    if runs_root not in final_dir.resolve().parents:  # never delete outside runs/
+        raise ValueError(f"{final_dir} is not inside {runs_root}; refusing to replace it")
+    # Leftovers of a killed run of this experiment (the run lock keeps live ones away).
+    for stale in list(run_dir.glob(".models.tmp-*")) + list(run_dir.glob(".models.old-*")):
+        shutil.rmtree(stale, ignore_errors=True)
+    models_dir = run_dir / f".models.tmp-{os.getpid()}"
+    _write_models(models_dir, members, ft, res, ctx)
+    old = run_dir / f".models.old-{os.getpid()}"
+    if final_dir.exists():
+        os.replace(final_dir, old)
+    os.replace(models_dir, final_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_models(models_dir: Path, members: list, ft, res: BlendResult, ctx) -> None:
     manifest_members = {}
     for m in members:
         suffix = learner_class(m.spec.kind).suffix

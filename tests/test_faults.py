@@ -372,6 +372,41 @@ def test_two_experiments_at_once_on_one_workdir(env, ref, tmp_path):
     assert not fu.temp_files(workdir)
 
 
+def test_two_runs_of_the_same_experiment_at_once_take_turns(env, ref, tmp_path):
+    from pipeline.catalog import Catalog, run_lock
+
+    workdir = fu.copy_workdir(ref, tmp_path / "same", ("cache",))
+    lock = workdir / "runs" / ".exp.lock"
+    # Hold the experiment's run lock until both runs wait for it: they really overlap.
+    with run_lock(Catalog(workdir), "exp"):
+        procs = [fu.start(args(env, workdir, "stack"), tmp_path / f"{k}.log") for k in "ab"]
+        deadline = time.monotonic() + 120
+        while fu.flock_waiters(lock) < 2 and time.monotonic() < deadline:
+            assert all(p.poll() is None for p in procs), "a run ended early"
+            time.sleep(0.01)
+        assert fu.flock_waiters(lock) == 2
+    logs = [fu.finish(p) for p in procs]
+    assert all("waiting for it to finish" in log for log in logs)
+    fu.assert_same_run(workdir / "runs" / "exp", ref / "runs" / "exp")
+    assert not list((workdir / "runs" / "exp").glob(".models.*"))
+    assert not fu.temp_files(workdir)
+
+
+def test_no_wait_exits_2_while_the_experiment_runs(env, ref, tmp_path, caplog):
+    from pipeline.catalog import Catalog, RunBusy, run_lock
+    from pipeline.cli import main
+
+    workdir = fu.copy_workdir(ref, tmp_path / "busy", ("cache",))
+    with run_lock(Catalog(workdir), "exp"):
+        assert main([*args(env, workdir, "stack"), "--no-wait"]) == 2
+        assert "another run of experiment 'exp' is in progress" in caplog.text
+        with pytest.raises(RunBusy):
+            with run_lock(Catalog(workdir), "exp", wait=False):
+                pass
+        with run_lock(Catalog(workdir), "other", wait=False):  # other experiments never wait
+            pass
+
+
 # ----------------------------------------------------------------------------- 5. edited CSV
 
 
