@@ -228,6 +228,15 @@ def flock_waiters(path: Path) -> int:
     return waiting
 
 
+def wait_for_waiters(lock: Path, procs: list, timeout: float = 120) -> None:
+    """Wait until every process of ``procs`` is blocked on the flock of ``lock``."""
+    deadline = time.monotonic() + timeout
+    while flock_waiters(lock) < len(procs) and time.monotonic() < deadline:
+        assert all(p.poll() is None for p in procs), "a run ended early"
+        time.sleep(0.01)
+    assert flock_waiters(lock) == len(procs)
+
+
 def computed_texts(log: str) -> int:
     """Texts a run's log says it embedded (the embed stage's and features' own lines)."""
     return sum(int(m) for m in re.findall(r"unique(?: texts)?: \d+ cached, (\d+) computed", log))

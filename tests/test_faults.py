@@ -353,11 +353,7 @@ def test_two_experiments_at_once_on_one_workdir(env, ref, tmp_path):
     with file_lock(lock):
         procs = [fu.start(args(env, workdir, "all"), tmp_path / "a.log"),
                  fu.start(args(env, workdir, "all", env["config_seed1"]), tmp_path / "b.log")]
-        deadline = time.monotonic() + 120
-        while fu.flock_waiters(lock) < 2 and time.monotonic() < deadline:
-            assert all(p.poll() is None for p in procs), "a run ended early"
-            time.sleep(0.01)
-        assert fu.flock_waiters(lock) == 2
+        fu.wait_for_waiters(lock, procs)
     logs = [fu.finish(p) for p in procs]
     total = fu.embeddings(ref)
     # Each text was encoded once, by one of them; the other read it from the cache.
@@ -380,11 +376,7 @@ def test_two_runs_of_the_same_experiment_at_once_take_turns(env, ref, tmp_path):
     # Hold the experiment's run lock until both runs wait for it: they really overlap.
     with run_lock(Catalog(workdir), "exp"):
         procs = [fu.start(args(env, workdir, "stack"), tmp_path / f"{k}.log") for k in "ab"]
-        deadline = time.monotonic() + 120
-        while fu.flock_waiters(lock) < 2 and time.monotonic() < deadline:
-            assert all(p.poll() is None for p in procs), "a run ended early"
-            time.sleep(0.01)
-        assert fu.flock_waiters(lock) == 2
+        fu.wait_for_waiters(lock, procs)
     logs = [fu.finish(p) for p in procs]
     assert all("waiting for it to finish" in log for log in logs)
     fu.assert_same_run(workdir / "runs" / "exp", ref / "runs" / "exp")
