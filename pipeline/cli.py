@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import logging
 import sys
 import time
@@ -119,6 +120,33 @@ def make_context(args: argparse.Namespace) -> RunContext:
                       run_name=args.run, out_path=args.out)
 
 
+# What to do about an operating-system error, by errno.
+_OS_HINTS = {
+    errno.ENOSPC: "the disk is full: free some space and run again (finished artifacts are kept)",
+    errno.EDQUOT: "the disk quota is used up: free some space and run again (finished artifacts "
+                  "are kept)",
+    errno.EROFS: "the file system is read-only: pass a writable --workdir (or --out)",
+    errno.EACCES: "permission denied: pass a --workdir (or --out) you can write to",
+    errno.EPERM: "operation not permitted: pass a --workdir (or --out) you can write to",
+    errno.ENOTDIR: "a part of the path is a file, not a folder: pass another --workdir (or --out)",
+    errno.EEXIST: "a file is in the way of a folder: pass another --workdir (or move the file)",
+    errno.EISDIR: "that path is a folder: --out (and data paths) must name a file",
+    errno.ELOOP: "the path loops through symbolic links: fix the link or pass another path",
+    errno.ENAMETOOLONG: "the path is too long: use a shorter --workdir",
+    errno.ENOENT: "no such file or folder: check the path",
+}
+
+
+def os_error_message(exc: OSError) -> str:
+    """One line for an operating-system error: what, which path, and what to do."""
+    # For a rename (our atomic writes) the destination is the path that matters.
+    where = exc.filename2 if exc.filename2 is not None else exc.filename
+    what = exc.strerror or type(exc).__name__
+    hint = _OS_HINTS.get(exc.errno or -1, "check the path and the disk, then run again "
+                         "(-v shows the traceback)")
+    return f"{what}: {where or exc}; {hint}"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
@@ -159,6 +187,10 @@ def main(argv: list[str] | None = None) -> int:
                  ctx.config.name, ctx.catalog.workdir)
     except (DataError, ConfigError, RunBusy) as exc:
         log.error("%s", exc)
+        return 2
+    except OSError as exc:
+        log.error("%s", os_error_message(exc))
+        log.debug("traceback of the error above", exc_info=True)
         return 2
     except KeyboardInterrupt:
         log.error("interrupted: finished chunks and artifacts are kept; run again to resume")

@@ -51,11 +51,13 @@ def resolve_device(device: str) -> str:
 
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    from pipeline.config import ConfigError
+
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for but no CUDA GPU is visible; "
+        raise ConfigError("--device cuda was asked for but no CUDA GPU is visible; "
                            "use --device auto or cpu")
     if device not in ("cpu",) and not device.startswith("cuda") and device != "mps":
-        raise RuntimeError(f"unknown device {device!r}: use auto, cpu or cuda")
+        raise ConfigError(f"unknown device {device!r}: use auto, cpu or cuda")
     return device
 
 

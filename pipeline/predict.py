@@ -32,7 +32,15 @@ def load_manifest(run_dir: Path) -> dict:
     if not path.is_file():
         raise DataError(f"{path} not found: run `--stage stack` for experiment {run_dir.name!r} "
                         f"first, or pass --run with one of the folders in {run_dir.parent}")
-    return read_json(path)
+    try:
+        manifest = read_json(path)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path} cannot be read ({exc}): the run's models are damaged; run "
+                        f"`--stage stack` for experiment {run_dir.name!r} again") from None
+    if not isinstance(manifest, dict) or "members" not in manifest:
+        raise DataError(f"{path} is not a models manifest: run `--stage stack` for experiment "
+                        f"{run_dir.name!r} again")
+    return manifest
 
 
 def member_proba(models_dir: Path, name: str, member: dict, src, ctx=None) -> np.ndarray:

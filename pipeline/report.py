@@ -200,12 +200,17 @@ def experiments_table(runs_dir: str | Path) -> str:
         except (OSError, ValueError) as exc:
             log.warning("report: skipping unreadable %s (%s)", path, exc)
             continue
+        if not isinstance(m, dict) or not isinstance(m.get("blend_weights", {}), dict):
+            log.warning("report: skipping %s: not a run's metrics (rerun --stage stack for %s)",
+                        path, path.parent.name)
+            continue
         rows.append(m | {"_dir": path.parent.name})
     header = ["| experiment | rows | folds | members | OOF log loss (nested blend) | accuracy | "
               "class prior | date |", "|---|---|---|---|---|---|---|---|"]
     if not rows:
         return "\n".join(header + ["| (no runs yet: run --stage stack) | | | | | | | |"]) + "\n"
-    rows.sort(key=lambda m: m.get("oof_log_loss", float("inf")))
+    rows.sort(key=lambda m: m["oof_log_loss"] if isinstance(m.get("oof_log_loss"), (int, float))
+              else float("inf"))
     body = []
     for m in rows:
         members = ", ".join(f"{n} ({w:.2f})" for n, w in m.get("blend_weights", {}).items())

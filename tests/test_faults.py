@@ -399,6 +399,17 @@ def test_no_wait_exits_2_while_the_experiment_runs(env, ref, tmp_path, caplog):
             pass
 
 
+def test_predict_out_pointing_at_a_folder_is_exit_2(env, ref, tmp_path, caplog):
+    from pipeline.cli import main
+
+    workdir = fu.copy_workdir(ref, tmp_path / "out", ("cache", "runs"))
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    assert main([*args(env, workdir, "predict"), "--out", str(folder)]) == 2
+    assert f"Is a directory: {folder}" in caplog.text and "--out" in caplog.text
+    assert "Traceback" not in caplog.text and not list(folder.iterdir())
+
+
 # ----------------------------------------------------------------------------- 5. edited CSV
 
 
