@@ -100,7 +100,7 @@ def _read_csv(path: Path, what: str) -> pd.DataFrame:
                         f"pass another with --{what}, or run with --demo")
     if path.is_dir():
         raise DataError(f"{what} file {path} is a folder: pass the CSV file itself")
-    raw = path.read_bytes()
+    raw = _decompress(path.read_bytes(), path)
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -110,8 +110,12 @@ def _read_csv(path: Path, what: str) -> pd.DataFrame:
     if not text.strip():
         raise DataError(f"{path}: the file is empty: expected a CSV with a header row "
                         f"({', '.join(('id',) + TEXT_COLUMNS)}, ...)")
-    if "\x00" in text[:65536]:
-        raise DataError(f"{path}: looks binary (NUL bytes), not a CSV file")
+    nul = text.find("\x00")
+    if nul >= 0:  # anywhere in the file, not only near its start
+        line = text.count("\n", 0, nul) + 1
+        raise DataError(f"{path}: NUL byte at line {line}: not a text CSV file (or a damaged "
+                        "one); re-export it as UTF-8 CSV")
+    _check_records(text, path)
     try:
         with warnings.catch_warnings():
             # A row with more fields than the header would silently shift columns.
@@ -131,20 +135,75 @@ def _read_csv(path: Path, what: str) -> pd.DataFrame:
     return df
 
 
+# Compressed files by their magic bytes -> how to open them.
+_MAGIC = {b"\x1f\x8b": "gzip", b"BZh": "bz2", b"\xfd7zXZ\x00": "xz", b"PK\x03\x04": "zip"}
+
+
+def _decompress(raw: bytes, path: Path) -> bytes:
+    """``raw`` itself, or its content when it is gzip, bz2, xz or a one-file zip (by the
+    magic bytes, whatever the file's name)."""
+    kind = next((k for magic, k in _MAGIC.items() if raw.startswith(magic)), None)
+    if kind is None:
+        return raw
+    import bz2
+    import gzip
+    import lzma
+    import zipfile
+
+    try:
+        if kind == "zip":
+            with zipfile.ZipFile(io.BytesIO(raw)) as zf:
+                names = [n for n in zf.namelist() if not n.endswith("/")]
+                if len(names) != 1:
+                    raise DataError(f"{path}: a zip archive of {len(names)} files; it must hold "
+                                    "exactly one CSV")
+                return zf.read(names[0])
+        return {"gzip": gzip.decompress, "bz2": bz2.decompress, "xz": lzma.decompress}[kind](raw)
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile, lzma.LZMAError) as exc:
+        raise DataError(f"{path}: a damaged {kind} file ({exc}); re-download or re-compress it") from None
+
+
+def _check_records(text: str, path: Path) -> None:
+    """DataError naming the row of a record whose field count differs from the header's,
+    or a header name given twice (pandas would silently pad, or rename to 'x.1')."""
+    csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))  # megabyte cells exist
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = [h.strip() for h in next(reader, [])]
+    twice = sorted({h for h in header if header.count(h) > 1})
+    if twice:
+        raise DataError(f"{path}: column(s) {twice} appear more than once in the header; "
+                        "each column name must be unique")
+    for row, record in enumerate(reader, start=1):
+        if record and len(record) != len(header):
+            kind = "fewer" if len(record) < len(header) else "more"
+            raise DataError(f"{path}: data row {row} (line {reader.line_num}) has {len(record)} "
+                            f"fields, {kind} than the header's {len(header)}: not a well-formed "
+                            "CSV (check the quoting of text cells)")
+
+
+# Columns a Kaggle file may hold; a missing one is never "found" as one of these.
+_KNOWN_COLUMNS = ("id",) + TEXT_COLUMNS + LABEL_COLUMNS + ("model_a", "model_b")
+
+
 def _check_columns(df: pd.DataFrame, required: tuple[str, ...], path: Path) -> None:
     missing = [c for c in required if c not in df.columns]
     if not missing:
         return
+    others = [str(c) for c in df.columns if str(c) not in _KNOWN_COLUMNS]
     hints = []
     for col in missing:
-        close = difflib.get_close_matches(col, [str(c) for c in df.columns], n=1, cutoff=0.6)
-        lower = [c for c in df.columns if str(c).lower() == col.lower()]
+        lower = [c for c in others if c.lower() == col.lower()]
+        close = difflib.get_close_matches(col, others, n=1, cutoff=0.8)
         if lower or close:
             hints.append(f"{col!r} (found {(lower or close)[0]!r}: rename it)")
         else:
             hints.append(repr(col))
+    extra = ""
+    if "winner" in df.columns and any(c in LABEL_COLUMNS for c in missing):
+        extra = (f"; a single 'winner' column is not Kaggle's layout: give one 0/1 column each, "
+                 f"{', '.join(LABEL_COLUMNS)}")
     raise DataError(f"{path}: missing required column(s) {', '.join(hints)}; "
-                    f"the file has {list(map(str, df.columns))}")
+                    f"the file has {list(map(str, df.columns))}{extra}")
 
 
 def _rows(mask: np.ndarray, ids: pd.Series, limit: int = 5) -> str:
@@ -205,7 +264,13 @@ def load_pairs(path: str | Path, kind: str = "train") -> pd.DataFrame:
     for col in TEXT_COLUMNS:
         out[col] = [parse_turns(c) for c in df[col]]
     has_labels = all(c in df.columns for c in LABEL_COLUMNS)
-    if has_labels:
+    if has_labels and kind == "test":
+        try:  # a test file's labels are never used: unusable ones are ignored, not an error
+            out["label"] = _labels(df, path)
+        except DataError as exc:
+            log.info("%s: the test file's winner columns are not usable labels (%s); ignored",
+                     path, str(exc).split(": ", 1)[-1])
+    elif has_labels:
         out["label"] = _labels(df, path)
     for col in ("model_a", "model_b"):
         if col in df.columns:

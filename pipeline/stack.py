@@ -96,6 +96,19 @@ def learner_params(cfg, spec: MemberSpec) -> dict:
             **cfg.lgbm_params, **spec.params}
 
 
+def _warn_absent_classes(ctx, counts: np.ndarray) -> None:
+    """Say what the submission really gives a class the training labels never hold (with
+    swap augmentation / TTA a missing A or B class borrows the other's probability)."""
+    from pipeline.data import LABEL_COLUMNS
+
+    sub = pd.read_csv(ctx.run_dir / "submission.csv", dtype={"id": str})
+    absent = [(name, col) for name, col, k in zip(("a", "b", "tie"), LABEL_COLUMNS, counts) if k == 0]
+    given = ", ".join(f"{name} {sub[col].mean():.4f}" for name, col in absent)
+    log.warning("stack: class(es) %s never occur in the training labels; the submission gives "
+                "them on average %s (with swap augmentation and TTA a missing A or B class is "
+                "mirrored from the other, so it is not ~0)", [n for n, _ in absent], given)
+
+
 def check_config(cfg) -> None:
     """ConfigError for a stack setting that cannot work, before any stage starts: no members,
     a bad member form, a learner's unknown or forbidden params (misspelt LightGBM names
@@ -466,11 +479,9 @@ def run_stage(ctx) -> None:
     check_names(ctx.config)  # also checked when the config is read; a context may be built by hand
     inp = prepare_inputs(ctx)
     counts = np.bincount(inp.y, minlength=N_CLASSES)
-    if (counts == 0).any():
-        log.warning("stack: class(es) %s never occur in the training labels; their probability "
-                    "will be ~%g", [c for c, k in zip(("a", "b", "tie"), counts) if k == 0],
-                    cfg.clip_eps)
     stats = {"view_hits": 0, "view_fits": 0, "prepare_seconds": 0.0, "view_seconds": 0.0}
     members = [fit_member_cached(ctx, s, inp, stats) for s in specs]
     ft = finetune_member(ctx, inp)
     write_run_outputs(ctx, inp, members, ft, stats, t_start)
+    if (counts == 0).any():
+        _warn_absent_classes(ctx, counts)
