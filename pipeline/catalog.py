@@ -213,31 +213,63 @@ def provenance_path(artifact: str | Path) -> Path:
     return artifact.with_name(artifact.name + ".json")
 
 
+def file_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes (hex)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def write_provenance(artifact: str | Path, config: Any, rows: int | None = None, **extra: Any) -> None:
-    """Record what made an artifact: its config, the code version, row count, time."""
+    """Record what made an artifact: its config, the code version, row count, time, and
+    the SHA-256 of the artifact's bytes (checked by :func:`read_parquet_checked`)."""
+    artifact = Path(artifact)
     write_json_atomic(
         provenance_path(artifact),
         {
-            "artifact": Path(artifact).name,
+            "artifact": artifact.name,
             "config": config,
             "code_version": CODE_VERSION,
             "rows": rows,
             "written_at": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            **({"sha256": file_sha256(artifact)} if artifact.is_file() else {}),
             **extra,
         },
     )
+
+
+def _sha_mismatch(path: Path) -> str | None:
+    """Why ``path`` does not match the SHA-256 in its provenance, or None (it matches, or
+    no provenance / no recorded SHA-256 to check against)."""
+    prov = provenance_path(path)
+    if not prov.is_file():
+        return None
+    try:
+        expected = read_json(prov).get("sha256")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not expected:
+        return None
+    actual = file_sha256(path)
+    return None if actual == expected else f"SHA-256 {actual[:12]}... differs from {expected[:12]}... in {prov.name}"
 
 
 def read_parquet_checked(path: str | Path, expected_rows: int | None = None,
                          columns: list[str] | None = None) -> pd.DataFrame | None:
     """Read a cached Parquet file; None (never an exception) if missing, corrupt or short.
 
-    A cache file that fails to parse or its page checksums (write_parquet_atomic writes
-    them), lacks a column or has the wrong row count is logged as a warning and treated as
-    absent so the caller recomputes it.
+    A cache file whose bytes differ from the SHA-256 in its provenance, that fails to parse
+    or its page checksums (write_parquet_atomic writes them), lacks a column or has the
+    wrong row count is logged as a warning and treated as absent so the caller recomputes it.
     """
     path = Path(path)
     if not path.is_file():
+        return None
+    mismatch = _sha_mismatch(path)  # catches what page checksums miss (e.g. the footer)
+    if mismatch:
+        log.warning("cache file %s is damaged (%s): ignoring it, it will be recomputed", path, mismatch)
         return None
     try:
         df = pq.read_table(path, page_checksum_verification=True).to_pandas()

@@ -123,3 +123,25 @@ def test_file_lock_excludes_other_processes(tmp_path):
         assert proc.is_alive() and queue.empty()  # blocked while we hold it
     proc.join(5)
     assert queue.get(timeout=5) == proc.pid
+
+
+def test_a_cache_file_whose_bytes_differ_from_its_provenance_is_recomputed(tmp_path, caplog):
+    """A valid Parquet file with a renamed column (what a flipped bit in the footer can do,
+    page checksums passing) no longer matches the SHA-256 in its provenance."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.catalog import cached, read_parquet_checked
+
+    path = tmp_path / "feat.parquet"
+    frame = pd.DataFrame({"id": ["1", "2"], "length__a_chars": [1.0, 2.0]})
+    cached(path, lambda: frame, config={"g": 1})
+    assert read_parquet_checked(path) is not None
+    renamed = pa.table({"id": ["1", "2"], "length__a_charz": [1.0, 2.0]})
+    pq.write_table(renamed, path, write_page_checksum=True)  # valid file, other bytes
+    assert read_parquet_checked(path) is None
+    assert "SHA-256" in caplog.text and "recomputed" in caplog.text
+    calls = []
+    again, hit = cached(path, lambda: calls.append(1) or frame, config={"g": 1})
+    assert not hit and calls == [1] and list(again.columns) == list(frame.columns)
+    assert read_parquet_checked(path) is not None  # the recomputed file has a fresh SHA-256
