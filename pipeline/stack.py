@@ -109,6 +109,17 @@ def _warn_absent_classes(ctx, counts: np.ndarray) -> None:
                 "mirrored from the other, so it is not ~0)", [n for n, _ in absent], given)
 
 
+def feature_groups(cfg) -> set[str]:
+    """Names of the feature groups the features stage makes under ``cfg`` ("embedding"
+    becomes one "emb-<model>" group per embedding model)."""
+    from pipeline.featurize import embedding_groups
+
+    groups = set(cfg.features.groups) - {"embedding"}
+    if "embedding" in cfg.features.groups:
+        groups |= set(embedding_groups(cfg))
+    return groups
+
+
 def check_config(cfg) -> None:
     """ConfigError for a stack setting that cannot work, before any stage starts: no members,
     a bad member form, a learner's unknown or forbidden params (misspelt LightGBM names
@@ -126,14 +137,24 @@ def check_config(cfg) -> None:
         check_parameter_values(cfg.stack.lgbm_params)
     except ValueError as exc:
         raise ConfigError(f"stack.lgbm_params: {exc}") from None
+    try:
+        known = feature_groups(cfg)
+    except ImportError:  # a stand-in features module (tests): groups are checked at fit time
+        known = None
     for name, raw in cfg.stack.members.items():
         try:
             spec = member_spec(name, raw)
             make_learner(spec.kind, learner_params(cfg.stack, spec))
             if spec.kind == "lgbm":
                 check_parameter_values({**cfg.stack.lgbm_params, **spec.params})
-            build_views(spec.inputs, learner_class(spec.kind).accepts_sparse, spec.kind, cfg.stack,
-                        cfg.embed, lambda m: {"model": m})
+            views = build_views(spec.inputs, learner_class(spec.kind).accepts_sparse, spec.kind,
+                                cfg.stack, cfg.embed, lambda m: {"model": m})
+            asked = [g for v in views for g in getattr(v, "groups", []) if g != "all"]
+            unknown = [] if known is None else [g for g in asked if g not in known]
+            if unknown:
+                raise ValueError(f"unknown feature group(s) {unknown}; this config computes "
+                                 f"{sorted(known)} (or use 'all', or a view: tfidf, "
+                                 "embedding-full)")
         except ValueError as exc:
             text = str(exc)
             where = "" if text.startswith("stack.") else f"stack.members.{name}: "
