@@ -7,7 +7,6 @@ expensive step once. It only reads the frame it is given.
 from __future__ import annotations
 
 import functools
-import re
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Sequence
@@ -20,10 +19,9 @@ import pyarrow.compute as pc
 from features import segments
 from features.parallel import parallel
 from features.segments import Segmented
+from features.turns import TURN_SEP, clean_text, join_turns
 
 ROLES_TEXT = {"p": "prompt", "a": "response_a", "b": "response_b"}
-TURN_SEP = "\n\n"
-_SURROGATE = re.compile("[\ud800-\udfff]")
 # Punctuation (ASCII and typographic quotes, dashes, ellipsis) becomes a space, so
 # "Python." and "python" are one word. RE2 syntax (Arrow): \x{...} is a code point.
 _PUNCT = r"[[:punct:]\x{2010}-\x{201F}\x{2026}]+"
@@ -177,22 +175,16 @@ def _turns(cell: object) -> list[str]:
     return ["" if t is None else str(t) for t in cell]
 
 
-def _clean(text: str) -> str:
-    if _SURROGATE.search(text):
-        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-    return text
-
-
-def _join_python(cells: list) -> tuple[pa.Array, np.ndarray, np.ndarray]:
+def _join_python(cells: list, sep: str = TURN_SEP) -> tuple[pa.Array, np.ndarray, np.ndarray]:
     """Cells -> (joined non-empty turns, turns, empty or None turns) per row."""
     turns = [_turns(c) for c in cells]
-    joined = [_clean(TURN_SEP.join(t for t in ts if t)) for ts in turns]
+    joined = [clean_text(join_turns(ts, sep)) for ts in turns]
     return (pa.array(joined, type=pa.large_string()),
             np.array([len(t) for t in turns], dtype=np.float64),
             np.array([sum(1 for s in t if not s.strip()) for t in turns], dtype=np.float64))
 
 
-def _join_arrow(cells: list) -> tuple[pa.Array, np.ndarray, np.ndarray] | None:
+def _join_arrow(cells: list, sep: str = TURN_SEP) -> tuple[pa.Array, np.ndarray, np.ndarray] | None:
     """_join_python in Arrow when every cell is a list of str / None (or None), else None.
 
     Cells holding a plain string, NaN, a non-string turn or a lone surrogate (not valid
@@ -216,7 +208,7 @@ def _join_arrow(cells: list) -> tuple[pa.Array, np.ndarray, np.ndarray] | None:
     kept = pa.LargeListArray.from_arrays(pa.array(offsets), flat.filter(pa.array(keep)))
     n_turns = np.asarray(pc.fill_null(pc.list_value_length(lists), 0).to_numpy(zero_copy_only=False),
                          dtype=np.float64)
-    return (pc.binary_join(kept, pa.scalar(TURN_SEP, pa.large_string())), n_turns,
+    return (pc.binary_join(kept, pa.scalar(sep, pa.large_string())), n_turns,
             np.bincount(rows[blank], minlength=len(cells)).astype(np.float64))
 
 
@@ -236,7 +228,7 @@ class TextView:
         trigram_counts[r]       int64 arrays: distinct word trigrams per text
     """
 
-    def __init__(self, frame: pd.DataFrame):
+    def __init__(self, frame: pd.DataFrame, turn_sep: str = TURN_SEP):
         missing = [c for c in ROLES_TEXT.values() if c not in frame.columns]
         if missing:
             raise ValueError(f"feature input lacks column(s) {missing}: expected the canonical "
@@ -248,9 +240,9 @@ class TextView:
         self.null_turns: dict[str, np.ndarray] = {}
         for role, col in ROLES_TEXT.items():
             cells = frame[col].tolist()
-            joined = _join_arrow(cells)
+            joined = _join_arrow(cells, turn_sep)
             if joined is None:
-                joined = _join_python(cells)
+                joined = _join_python(cells, turn_sep)
             self.text[role], self.turns[role], self.null_turns[role] = joined
 
     @cached_property

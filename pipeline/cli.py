@@ -133,7 +133,8 @@ _OS_HINTS = {
     errno.EISDIR: "that path is a folder: --out (and data paths) must name a file",
     errno.ELOOP: "the path loops through symbolic links: fix the link or pass another path",
     errno.ENAMETOOLONG: "the path is too long: use a shorter --workdir",
-    errno.ENOENT: "no such file or folder: check the path",
+    errno.ENOENT: "no such file or folder, and it cannot be made there: check the path or "
+                  "pass another --workdir",
 }
 
 

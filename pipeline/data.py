@@ -24,7 +24,6 @@ import difflib
 import io
 import json
 import logging
-import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,25 +31,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from features.turns import CLASS_NAMES, clean_text, join_turns  # noqa: F401 (re-exported)
+
 log = logging.getLogger(__name__)
 
 TEXT_COLUMNS = ("prompt", "response_a", "response_b")
 LABEL_COLUMNS = ("winner_model_a", "winner_model_b", "winner_tie")
-CLASS_NAMES = ("a", "b", "tie")
 SUBMISSION_COLUMNS = ("id",) + LABEL_COLUMNS
-
-_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class DataError(ValueError):
     """Bad input data; the message names the file, row or column and the fix."""
-
-
-def clean_text(text: str) -> str:
-    """Replace lone UTF-16 surrogates with U+FFFD (valid pairs are joined)."""
-    if not _SURROGATE.search(text):
-        return text
-    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 def _flatten(value: object) -> str:
@@ -87,11 +78,6 @@ def parse_turns(cell: object) -> list[str]:
             return [_flatten(v) for v in value]
         return [_flatten(value)]
     return [clean_text(cell)]
-
-
-def join_turns(turns: list[str], sep: str = "\n\n") -> str:
-    """A conversation's turns as one string (empty turns skipped)."""
-    return sep.join(t for t in turns if t)
 
 
 def _read_csv(path: Path, what: str) -> pd.DataFrame:

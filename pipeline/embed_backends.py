@@ -147,6 +147,7 @@ def _demo_texts(n: int) -> list[str]:
     texts that are not valid UTF-8, like its planted lone surrogate, left out)."""
     import json
 
+    from features.turns import join_turns
     from pipeline.demo import DEMO_SEED, N_TRAIN, make_demo
 
     frame = make_demo(N_TRAIN, DEMO_SEED)
@@ -157,7 +158,7 @@ def _demo_texts(n: int) -> list[str]:
                 turns = json.loads(cell)
             except (TypeError, ValueError):
                 turns = [cell]
-            text = "\n\n".join(str(t) for t in (turns if isinstance(turns, list) else [turns]) if t)
+            text = join_turns(str(t) for t in (turns if isinstance(turns, list) else [turns]) if t)
             try:
                 text.encode("utf-8")
             except UnicodeEncodeError:

@@ -26,6 +26,7 @@ from features import embedding as emb_features
 from features.groups import TEXT_GROUPS
 from features.length import TokenCounter
 from features.text import TextView
+from features.turns import TURN_SEP
 from features.tokencount import RustTokenCounter
 from pipeline.catalog import (file_lock, frame_hash, hash_key, read_parquet_checked, slug,
                               write_parquet_atomic, write_provenance)
@@ -95,6 +96,8 @@ def group_specs(cfg: Config, groups: Sequence[str] | None = None) -> list[GroupS
     for name in names:
         if name in TEXT_GROUPS:
             parts: dict = {"version": TEXT_GROUPS[name].version}
+            if cfg.embed.turn_sep != TURN_SEP:  # turns joined as for embedding (default: not
+                parts["turn_sep"] = cfg.embed.turn_sep  # in the key, so old caches still hit)
             if TEXT_GROUPS[name].uses_tokenizer:
                 parts["tokenizer"] = model_id(tokenizer_name(cfg))
             specs.append(GroupSpec(name, parts))
@@ -172,7 +175,7 @@ class _Computer:
             return emb_features.embedding_features(arrays, self.ids, spec.name,
                                                    self.ctx.config.features.embed_diff_dims)
         if self._view is None:
-            self._view = TextView(self.frame)
+            self._view = TextView(self.frame, self.ctx.config.embed.turn_sep)
         group = TEXT_GROUPS[spec.name]
         counter = self.make_counter(tokenizer_name(self.ctx.config)) if group.uses_tokenizer else None
         return group.compute(self._view, self.ids, counter)

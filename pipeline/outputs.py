@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from features.turns import CLASS_NAMES
 from pipeline.blend import normalize_proba
 from pipeline.catalog import CODE_VERSION, write_bytes_atomic, write_json_atomic, write_parquet_atomic
 from pipeline.learners.base import digest, learner_class
@@ -75,7 +76,7 @@ def score_run(res: BlendResult, y: np.ndarray, folds: np.ndarray, eps: float) ->
     for k in np.unique(folds):
         rows = folds == k
         per_fold[str(int(k))] = round(log_loss(y[rows], res.nested_oof[rows], eps), 5)
-    classes = ("a", "b", "tie")
+    classes = CLASS_NAMES
     return {
         "oof_log_loss": log_loss(y, res.nested_oof, eps),
         "oof_accuracy": accuracy(y, res.nested_oof),
@@ -162,7 +163,7 @@ def _write_models(models_dir: Path, members: list, ft, res: BlendResult, ctx) ->
         "temperature": float(res.final.temperature),
         "swap_tta": cfg.swap_tta,
         "clip_eps": cfg.clip_eps,
-        "classes": ["a", "b", "tie"],
+        "classes": list(CLASS_NAMES),
         "config": ctx.config.to_dict(),
         "code_version": CODE_VERSION,
     })
@@ -200,9 +201,9 @@ def write_run_outputs(ctx, inp, members: list, ft, stats: dict, t_start: float) 
     frame = pd.DataFrame({"id": inp.train_ids, "fold": inp.folds.astype(np.int8),
                           "label": inp.y.astype(np.int8)})
     for n, p in zip(names, oof):
-        for c, col in enumerate(("a", "b", "tie")):
+        for c, col in enumerate(CLASS_NAMES):
             frame[f"{n}_{col}"] = p[:, c]
-    for c, col in enumerate(("a", "b", "tie")):
+    for c, col in enumerate(CLASS_NAMES):
         frame[f"blend_{col}"] = res.nested_oof[:, c]
     write_parquet_atomic(run_dir / "oof.parquet", frame)
     save_models(run_dir, members, ft, res, ctx)

@@ -8,10 +8,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from features.turns import CLASS_NAMES
 from pipeline.catalog import atomic_path, read_json, write_text_atomic
 
 log = logging.getLogger(__name__)
-CLASSES = ("a", "b", "tie")
+CLASSES = CLASS_NAMES
 
 
 def _fmt(v, nd: int = 4) -> str:

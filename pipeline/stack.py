@@ -99,10 +99,10 @@ def learner_params(cfg, spec: MemberSpec) -> dict:
 def _warn_absent_classes(ctx, counts: np.ndarray) -> None:
     """Say what the submission really gives a class the training labels never hold (with
     swap augmentation / TTA a missing A or B class borrows the other's probability)."""
-    from pipeline.data import LABEL_COLUMNS
+    from pipeline.data import CLASS_NAMES, LABEL_COLUMNS
 
     sub = pd.read_csv(ctx.run_dir / "submission.csv", dtype={"id": str})
-    absent = [(name, col) for name, col, k in zip(("a", "b", "tie"), LABEL_COLUMNS, counts) if k == 0]
+    absent = [(name, col) for name, col, k in zip(CLASS_NAMES, LABEL_COLUMNS, counts) if k == 0]
     given = ", ".join(f"{name} {sub[col].mean():.4f}" for name, col in absent)
     log.warning("stack: class(es) %s never occur in the training labels; the submission gives "
                 "them on average %s (with swap augmentation and TTA a missing A or B class is "

@@ -82,3 +82,9 @@ def test_os_error_message_names_path_and_fix():
     msg = os_error_message(IsADirectoryError(errno.EISDIR, "Is a directory", "/tmp/out"))
     assert msg == "Is a directory: /tmp/out; that path is a folder: --out (and data paths) must name a file"
     assert "check the path" in os_error_message(OSError(errno.EIO, "I/O error", "/x"))
+
+
+def test_a_workdir_under_proc(tmp_path, caplog):
+    assert main(["--demo", "--workdir", "/proc/prefstack-test/work", "--stage", "features"]) == 2
+    assert "/proc/prefstack-test" in caplog.text and "--workdir" in caplog.text
+    _no_traceback(caplog)
