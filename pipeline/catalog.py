@@ -301,6 +301,43 @@ def file_lock(path: str | Path) -> Iterator[None]:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
+def exchange_dirs(a: Path, b: Path) -> bool:
+    """Swap two folders in one atomic step (Linux renameat2 RENAME_EXCHANGE); False where
+    the system cannot (the caller then renames twice)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+def swap_in(staging: Path, target: Path) -> None:
+    """Make ``staging`` the folder ``target``: entries of ``target`` that ``staging`` lacks
+    are moved over first (another stage's files stay), then the two are exchanged in one
+    step where the system allows it, and the old folder is deleted."""
+    import shutil
+
+    if target.exists():
+        for entry in target.iterdir():
+            if not (staging / entry.name).exists() and not entry.name.startswith(".staging-"):
+                os.replace(entry, staging / entry.name)
+        if exchange_dirs(staging, target):
+            shutil.rmtree(staging, ignore_errors=True)  # now the old folder
+            return
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+        os.replace(staging, target)
+        shutil.rmtree(old, ignore_errors=True)
+        return
+    os.replace(staging, target)
+
+
 class RunBusy(RuntimeError):
     """Another process runs the same experiment and the caller asked not to wait."""
 

@@ -18,7 +18,8 @@ import pandas as pd
 
 from features.turns import CLASS_NAMES
 from pipeline.blend import normalize_proba
-from pipeline.catalog import CODE_VERSION, write_bytes_atomic, write_json_atomic, write_parquet_atomic
+from pipeline.catalog import (CODE_VERSION, swap_in, write_bytes_atomic, write_json_atomic,
+                              write_parquet_atomic)
 from pipeline.learners.base import digest, learner_class
 
 log = logging.getLogger(__name__)
@@ -190,7 +191,13 @@ def write_run_outputs(ctx, inp, members: list, ft, stats: dict, t_start: float) 
                         cfg.meta_C)
     timing["blend_s"] = round(time.perf_counter() - t0, 2)
     metrics = score_run(res, inp.y, inp.folds, eps)
-    run_dir = ctx.run_dir
+    # Everything is written to a staging folder and swapped in at the end (swap_in), so a
+    # reader sees the previous run's outputs or this one's, never a mix.
+    final_dir = ctx.run_dir
+    for stale in ctx.catalog.runs_dir.glob(f".{final_dir.name}.staging-*"):
+        shutil.rmtree(stale, ignore_errors=True)  # a killed run's (the run lock keeps live ones away)
+    run_dir = ctx.catalog.runs_dir / f".{final_dir.name}.staging-{os.getpid()}"
+    run_dir.mkdir(parents=True)
 
     sub = pd.DataFrame({"id": ctx.dataset.test["id"].astype(str).to_numpy()})
     sub[list(LABEL_COLUMNS)] = normalize_proba(res.test_blend, eps)
@@ -238,6 +245,8 @@ def write_run_outputs(ctx, inp, members: list, ft, stats: dict, t_start: float) 
     write_json_atomic(run_dir / "metrics.json", metrics)
     importances = {m.spec.name: m.fit.importance for m in members if m.fit.importance is not None}
     write_run_report(run_dir, metrics, inp.y, res.nested_oof, importances)
+    swap_in(run_dir, final_dir)
+    run_dir = final_dir
     log.info("stack: members %s", ", ".join(
         f"{n} {v['oof_log_loss']:.4f}" for n, v in metrics["members"].items()))
     log.info("stack: nested soft vote %.4f, nested level-2 learner %.4f (%s used)",
