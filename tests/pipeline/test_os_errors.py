@@ -88,3 +88,18 @@ def test_a_workdir_under_proc(tmp_path, caplog):
     assert main(["--demo", "--workdir", "/proc/prefstack-test/work", "--stage", "features"]) == 2
     assert "/proc/prefstack-test" in caplog.text and "--workdir" in caplog.text
     _no_traceback(caplog)
+
+
+@pytest.mark.parametrize("code,hint", [(errno.EACCES, "permission denied"), (errno.EROFS, "read-only")])
+def test_an_unwritable_workdir_says_so(tmp_path, caplog, monkeypatch, code, hint):
+    """Tests run as root here, so chmod cannot make a folder unwritable: the error is raised
+    where the first write happens, as the operating system would."""
+    import pipeline.demo as demo
+
+    def refuse(folder):
+        raise OSError(code, os.strerror(code), str(folder))
+
+    monkeypatch.setattr(demo, "write_demo", refuse)
+    assert main(["--demo", "--workdir", str(tmp_path / "w"), "--stage", "features"]) == 2
+    assert hint in caplog.text and "--workdir" in caplog.text and str(tmp_path / "w") in caplog.text
+    _no_traceback(caplog)
