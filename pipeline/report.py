@@ -192,18 +192,23 @@ def write_run_report(run_dir: str | Path, metrics: dict, y: np.ndarray, proba: n
     return path
 
 
-def experiments_table(runs_dir: str | Path) -> str:
-    """Markdown table of every ``runs/*/metrics.json`` side by side (sorted by log loss)."""
+def experiments_table(runs_dir: str | Path, skipped: list[Path] | None = None) -> str:
+    """Markdown table of every ``runs/*/metrics.json`` side by side (sorted by log loss).
+    Damaged files are left out with a warning and appended to ``skipped``."""
     rows = []
     for path in sorted(Path(runs_dir).glob("*/metrics.json")):
         try:
             m = read_json(path)
         except (OSError, ValueError) as exc:
             log.warning("report: skipping unreadable %s (%s)", path, exc)
+            if skipped is not None:
+                skipped.append(path)
             continue
         if not isinstance(m, dict) or not isinstance(m.get("blend_weights", {}), dict):
             log.warning("report: skipping %s: not a run's metrics (rerun --stage stack for %s)",
                         path, path.parent.name)
+            if skipped is not None:
+                skipped.append(path)
             continue
         rows.append(m | {"_dir": path.parent.name})
     header = ["| experiment | rows | folds | members | OOF log loss (nested blend) | accuracy | "
@@ -224,7 +229,15 @@ def experiments_table(runs_dir: str | Path) -> str:
 def run_experiments_table(ctx) -> None:
     """--stage report: write runs/experiments.md and print it."""
     runs_dir = ctx.catalog.runs_dir
-    text = "# Experiments\n\nMembers are shown with their blend weight.\n\n" + experiments_table(runs_dir)
+    skipped: list[Path] = []
+    text = ("# Experiments\n\nMembers are shown with their blend weight.\n\n"
+            + experiments_table(runs_dir, skipped))
     write_text_atomic(runs_dir / "experiments.md", text)
     print(text)
     log.info("report: wrote %s", runs_dir / "experiments.md")
+    if skipped:  # the others are reported; the exit status still says something is wrong
+        from pipeline.data import DataError
+
+        raise DataError(f"report: {len(skipped)} damaged metrics file(s) left out, e.g. "
+                        f"{skipped[0]}: rerun --stage stack for {skipped[0].parent.name!r} "
+                        "(or delete that run folder)")

@@ -52,17 +52,18 @@ def test_device_cuda_without_cuda_is_exit_2(tmp_path, caplog):
     _no_traceback(caplog)
 
 
-def test_report_skips_damaged_metrics_naming_them(tmp_path, caplog):
+def test_report_lists_the_good_runs_and_exits_2_naming_damaged_metrics(tmp_path, caplog):
     runs = tmp_path / "w" / "runs"
     for name, text in {"cut": '{"oof_log_loss": 0.9', "list": "[]", "odd": '{"blend_weights": 3}'}.items():
         (runs / name).mkdir(parents=True)
         (runs / name / "metrics.json").write_text(text)
     (runs / "good").mkdir()
     (runs / "good" / "metrics.json").write_text(json.dumps({"oof_log_loss": 0.8, "rows": 10}))
-    assert main(["--stage", "report", "--workdir", str(tmp_path / "w")]) == 0
+    assert main(["--stage", "report", "--workdir", str(tmp_path / "w")]) == 2
     for name in ("cut", "list", "odd"):
         assert str(runs / name / "metrics.json") in caplog.text
-    assert "| good |" in (runs / "experiments.md").read_text()
+    assert "3 damaged metrics file(s) left out" in caplog.text and "--stage stack" in caplog.text
+    assert "| good |" in (runs / "experiments.md").read_text()  # the others are still reported
     _no_traceback(caplog)
 
 
