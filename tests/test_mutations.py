@@ -44,7 +44,7 @@ def mutate(text: str, edit) -> str:
         return "".join(lines[:j + 1] + lines[j:])
     if kind == "drop_line":
         return "".join(lines[:j] + lines[j + 1:])
-    header, rest = text.split("\n", 1)
+    header, _, rest = text.partition("\n")
     cols = header.split(",")
     cols[int(where * len(cols))] = payload or "x"
     return ",".join(cols) + "\n" + rest
