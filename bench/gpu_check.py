@@ -174,13 +174,13 @@ def _time_training(folder: str, size: dict, device: str, checkpointing: bool) ->
 
     import pipeline.finetune as FT
     from pipeline.config import FinetuneConfig
-    from pipeline.heads import ModelSpec, build_classifier
+    from pipeline.heads import build_classifier
 
     T, pairs = size["seq_len"], size["pairs_per_step"]
-    spec = ModelSpec(base=folder, head="last", lora=True, lora_r=16, lora_alpha=32, decoder=True)
     cfg = FinetuneConfig(model=folder, head="last", lora=True, batch_size=pairs, epochs=1.0,
                          lr=1e-4, warmup_ratio=0.0, precision="auto", swap_augment=True,
                          group_by_length=False, gradient_checkpointing=checkpointing)
+    spec = FT.model_spec(cfg, decoder=True)  # LoRA r 16, alpha 32 on every linear layer
     amp, _ = FT.resolve_amp(cfg.precision, device)
     if device.startswith("cuda"):
         torch.cuda.empty_cache()

@@ -41,6 +41,9 @@ CALIBRATION_TEXTS = 300
 _PACKAGES = {"onnx": ("onnx", "onnxruntime"), "openvino": ("onnx", "openvino", "nncf")}
 
 Runner = Callable[[dict[str, np.ndarray]], np.ndarray]
+# The file each (backend, quantize) runs; OpenVINO compiles the fp32 ONNX file itself.
+_EXPORTED = {("onnx", "none"): "model.onnx", ("onnx", "int8"): "model-int8.onnx",
+             ("openvino", "none"): "model.onnx", ("openvino", "int8"): "model-int8.xml"}
 
 
 class BackendError(ValueError):
@@ -83,22 +86,20 @@ def key_parts(backend: str, quantize: str) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- export
 
-class _Wrapped:
-    """The transformer as a module of positional inputs returning its last hidden state."""
+def _positional(auto_model, names: list[str]):
+    """The transformer as a module of positional inputs (``names`` in order) returning its
+    last hidden state: what torch.onnx.export traces."""
+    import torch
 
-    def __new__(cls, auto_model, names: list[str]):
-        import torch
+    class Positional(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = auto_model
 
-        class Wrapped(torch.nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.inner = auto_model
+        def forward(self, *inputs):
+            return self.inner(**dict(zip(names, inputs)), return_dict=True).last_hidden_state
 
-            def forward(self, *inputs):
-                out = self.inner(**dict(zip(names, inputs)), return_dict=True)
-                return out.last_hidden_state
-
-        return Wrapped()
+    return Positional()
 
 
 def export_onnx(st_model, sample: dict[str, np.ndarray], path: Path) -> None:
@@ -109,7 +110,7 @@ def export_onnx(st_model, sample: dict[str, np.ndarray], path: Path) -> None:
 
     names = list(sample)
     auto_model = copy.deepcopy(st_model[0].auto_model).float().cpu().eval()
-    wrapped = _Wrapped(auto_model, names).eval()
+    wrapped = _positional(auto_model, names).eval()
     args = tuple(torch.from_numpy(sample[n][:2, :16]) for n in names)
     axes = {n: {0: "batch", 1: "tokens"} for n in names} | {"last_hidden_state": {0: "batch", 1: "tokens"}}
     with torch.no_grad():
@@ -143,28 +144,15 @@ def openvino_int8(src: Path, dst: Path, calibration: list[dict[str, np.ndarray]]
 
 
 def _demo_texts(n: int) -> list[str]:
-    """The first ``n`` prompt / response texts of the generated demo data (turns joined;
-    texts that are not valid UTF-8, like its planted lone surrogate, left out)."""
-    import json
-
+    """The first ``n`` prompt / response texts of the generated demo data, turns joined as
+    everywhere (texts whose lone surrogate had to be replaced are left out)."""
     from features.turns import join_turns
+    from pipeline.data import TEXT_COLUMNS, parse_turns
     from pipeline.demo import DEMO_SEED, N_TRAIN, make_demo
 
     frame = make_demo(N_TRAIN, DEMO_SEED)
-    texts = []
-    for col in ("prompt", "response_a", "response_b"):
-        for cell in frame[col]:
-            try:
-                turns = json.loads(cell)
-            except (TypeError, ValueError):
-                turns = [cell]
-            text = join_turns(str(t) for t in (turns if isinstance(turns, list) else [turns]) if t)
-            try:
-                text.encode("utf-8")
-            except UnicodeEncodeError:
-                continue
-            texts.append(text)
-    return texts[:n]
+    texts = [join_turns(parse_turns(cell)) for col in TEXT_COLUMNS for cell in frame[col]]
+    return [t for t in texts if "\ufffd" not in t][:n]
 
 
 def calibration_batches(features: Callable[[list[str]], dict[str, np.ndarray]],
@@ -177,11 +165,7 @@ def calibration_batches(features: Callable[[list[str]], dict[str, np.ndarray]],
 def exported_model(st_model, backend: str, quantize: str, folder: Path,
                    features: Callable[[list[str]], dict[str, np.ndarray]]) -> Path:
     """The exported (and quantised) model file in ``folder``, made once."""
-    name = {"onnx": "model.onnx", "openvino": "model.xml"}[backend]
-    if quantize == "int8":
-        name = name.replace("model", "model-int8")
-    if backend == "openvino" and quantize == "none":
-        name = "model.onnx"  # OpenVINO compiles the ONNX file itself
+    name = _EXPORTED[(backend, quantize)]
     target = folder / name
     if target.is_file():
         return target
