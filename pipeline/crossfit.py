@@ -67,12 +67,24 @@ def _augment(X, Xs, y, groups, rows, augment: bool):
             np.concatenate([groups[rows], groups[rows]]))
 
 
-def predict_tta(learner, X, X_swapped) -> np.ndarray:
-    """Probabilities [n, 3]; with ``X_swapped``, the mean of both orders (swap mapped back)."""
+def predict_tta(learner, X, X_swapped, tta: bool = True) -> np.ndarray:
+    """Probabilities [n, 3]; with ``tta``, the mean of both orders (swap mapped back).
+
+    A learner fitted on pairs (``pair_fitted``) predicts from both orders whatever ``tta``
+    says: it is exactly swap-equivariant, so its TTA mean is its prediction.
+    """
+    if getattr(learner, "pair_fitted", False):
+        return learner.predict_pairs(X, X_swapped)
     p = learner.predict_proba(X)
-    if X_swapped is not None:
+    if tta and X_swapped is not None:
         p = 0.5 * (p + swap_proba(learner.predict_proba(X_swapped)))
     return p
+
+
+def uses_pairs(learner, swap_augment: bool) -> bool:
+    """Whether ``learner`` is fitted with ``fit_pairs`` (both orders given as pairs)."""
+    return (swap_augment and not learner.uses_inner_split
+            and bool(getattr(learner, "fits_pairs", lambda: False)()))
 
 
 def inner_split(groups: np.ndarray, fraction: float, seed) -> np.ndarray:
@@ -124,12 +136,16 @@ def cross_fit(kind: str, params: dict, fold_matrices: Callable[[int, np.ndarray]
                 Xv, yv, _ = _augment(fm.X, fm.X_swapped, y, groups, inner_mask, swap_augment)
             else:
                 fit_rows, Xv, yv = train_rows, None, None
-            Xf, yf, gf = _augment(fm.X, fm.X_swapped, y, groups, fit_rows, swap_augment)
-            learner.fit(Xf, yf, gf, int(seed), Xv, yv, feature_names=fm.names)
-            held_sw = _rows(fm.X_swapped, held) if swap_tta else None
-            oof[held] += predict_tta(learner, _rows(fm.X, held), held_sw) / len(seeds)
+            if uses_pairs(learner, swap_augment):
+                learner.fit_pairs(_rows(fm.X, fit_rows), _rows(fm.X_swapped, fit_rows), y[fit_rows],
+                                  groups[fit_rows], int(seed), feature_names=fm.names)
+            else:
+                Xf, yf, gf = _augment(fm.X, fm.X_swapped, y, groups, fit_rows, swap_augment)
+                learner.fit(Xf, yf, gf, int(seed), Xv, yv, feature_names=fm.names)
+            oof[held] += predict_tta(learner, _rows(fm.X, held), _rows(fm.X_swapped, held),
+                                     swap_tta) / len(seeds)
             if n_test:
-                test += predict_tta(learner, fm.X_test, fm.X_test_swapped if swap_tta else None) / (
+                test += predict_tta(learner, fm.X_test, fm.X_test_swapped, swap_tta) / (
                     len(seeds) * len(fold_ids))
             models[(int(k), int(seed))] = learner.to_bytes()
             summaries[(int(k), int(seed))] = learner.summary()

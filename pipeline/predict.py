@@ -88,7 +88,7 @@ def member_proba(models_dir: Path, name: str, member: dict, src, ctx=None) -> np
         X, Xs = hstack(blocks, sparse_ok), hstack(blocks_sw, sparse_ok)
         for rel in rels:
             learner = load_learner(member["kind"], read(rel))
-            total += predict_tta(learner, X, Xs if member.get("swap_tta", True) else None)
+            total += predict_tta(learner, X, Xs, member.get("swap_tta", True))
             count += 1
     return total / count
 

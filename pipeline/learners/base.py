@@ -46,6 +46,12 @@ class Learner(Protocol):
     def predict_proba(self, X) -> np.ndarray:
         """float64 [n, 3], rows summing to 1."""
 
+    # Optional, for learners that fit both A/B orders as pairs (see pipeline.crossfit):
+    #   fits_pairs() -> bool: use fit_pairs instead of fit on the stacked orders;
+    #   fit_pairs(X, X_swapped, y, groups, seed, feature_names=None) -> self;
+    #   pair_fitted: bool attribute, True when predictions need predict_pairs;
+    #   predict_pairs(X, X_swapped) -> [n, 3]: the prediction from both orders.
+
     def config(self) -> dict:
         """Every param the learner fits with, defaults resolved (JSON values): cache keys
         include it, so a changed default refits."""

@@ -127,3 +127,98 @@ def test_linear_search_refines_and_caps_its_rows(monkeypatch):
     assert learner.C == min(learner.inner_scores, key=learner.inner_scores.get)
     # The search saw at most ~150 rows (whole groups); the final fit all 300.
     assert max(seen[:-1]) <= 150 and seen[-1] == 300
+
+
+# ------------------------------------------------------------------ equivariant linear fit
+
+def pair_data(n=160, d=5, seed=0, sparse=False, ties=True):
+    """Rows with a swap that negates the first d columns (a - b parts), keeps the next two
+    (symmetric parts) and exchanges the last two (per-response parts)."""
+    rng = np.random.default_rng(seed)
+    diff = rng.normal(size=(n, d))
+    sym = rng.normal(size=(n, 2)) * [1.0, 5.0] + [0.0, 3.0]
+    own = rng.normal(size=(n, 2)) * 2.0 + 1.0
+    X = np.hstack([diff, sym, own]).astype(np.float32)
+    Xs = np.hstack([-diff, sym, own[:, ::-1]]).astype(np.float32)
+    score = diff[:, 0] - 0.5 * diff[:, 1] + 0.3 * (own[:, 0] - own[:, 1]) + rng.normal(0, 0.5, n)
+    y = np.where(score > 0.5, 0, np.where(score < -0.5, 1, 2))
+    if not ties:
+        y = np.where(score > 0, 0, 1)
+    groups = np.arange(n) // 2
+    if sparse:
+        X[np.abs(X) < 0.7], Xs[np.abs(Xs) < 0.7] = 0, 0  # the same cells, as a swap keeps them
+        X, Xs = sp.csr_matrix(X), sp.csr_matrix(Xs)
+    return X, Xs, y.astype(np.int64), groups
+
+
+def stack(X, Xs):
+    return sp.vstack([X, Xs], format="csr") if sp.issparse(X) else np.vstack([X, Xs])
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+@pytest.mark.parametrize("ties", [True, False])
+def test_equivariant_fit_equals_sklearn_on_both_orders(sparse, ties):
+    """fit_pairs reaches the optimum of scikit-learn's fit of the stacked, label-permuted
+    rows (the same scaler, the same C), to solver tolerance."""
+    from pipeline.data import swap_labels, swap_proba
+
+    X, Xs, y, g = pair_data(sparse=sparse, ties=ties)
+    tight = {"C": 0.7, "tol": 1e-10, "max_iter": 5000}
+    pairs = make_learner("linear", tight).fit_pairs(X, Xs, y, g, 0)
+    assert pairs.pair_fitted
+    both = make_learner("linear", {**tight, "equivariant": False}).fit(
+        stack(X, Xs), np.concatenate([y, swap_labels(y)]), np.concatenate([g, g]), 0)
+    assert not both.pair_fitted
+    assert np.allclose(pairs.scaler.scale, both.scaler.scale)
+    reference = 0.5 * (both.predict_proba(X) + swap_proba(both.predict_proba(Xs)))
+    got = pairs.predict_pairs(X, Xs)
+    tol = 1e-5 if ties else 1e-3  # without ties the tie logit's intercept runs off to -inf
+    assert np.abs(got - reference).max() < tol
+    assert np.allclose(got.sum(axis=1), 1)
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+def test_equivariant_fit_is_exactly_swap_symmetric_and_round_trips(sparse):
+    from pipeline.data import swap_proba
+
+    X, Xs, y, g = pair_data(sparse=sparse)
+    learner = make_learner("linear", {"Cs": [0.1, 1.0]}).fit_pairs(X, Xs, y, g, 0)
+    p = learner.predict_pairs(X, Xs)
+    assert np.abs(p - swap_proba(learner.predict_pairs(Xs, X))).max() < 1e-12
+    data_bytes = learner.to_bytes()
+    again = load_learner("linear", data_bytes, digest(data_bytes))
+    assert np.array_equal(again.predict_pairs(X, Xs), p)
+    assert learner.C in learner.inner_scores and learner.summary()["iterations"] > 0
+    names = [f"f{i}" for i in range(X.shape[1])]
+    imp = learner.importance(names)
+    # The signal columns (diff 0 and 1, the exchanged pair) outrank the noise (diff 2-4).
+    assert imp[["f0", "f1"]].min() > imp[["f2", "f3", "f4"]].max()
+    with pytest.raises(ValueError, match="predict_pairs"):
+        learner.predict_proba(X)
+
+
+def test_equivariant_search_matches_stacked_search_choice():
+    """The C search over pairs walks the same grid as the stacked one and picks the same C
+    on data where the choice is clear."""
+    from pipeline.data import swap_labels
+
+    X, Xs, y, g = pair_data(n=400, seed=3)
+    params = {"Cs": [1e-4, 1e-2, 1.0, 100.0], "refine": False, "patience": 5}
+    pairs = make_learner("linear", params).fit_pairs(X, Xs, y, g, 0)
+    both = make_learner("linear", {**params, "equivariant": False}).fit(
+        stack(X, Xs), np.concatenate([y, swap_labels(y)]), np.concatenate([g, g]), 0)
+    assert pairs.C == both.C
+    assert set(pairs.inner_scores) == set(both.inner_scores)
+
+
+def test_equivariant_one_class_is_a_constant():
+    from pipeline.data import swap_proba
+
+    X, Xs, y, g = pair_data()
+    learner = make_learner("linear", {}).fit_pairs(X, Xs, np.full(len(y), 2), g, 0)
+    p = learner.predict_pairs(X, Xs)
+    assert np.allclose(p, [0, 0, 1])
+    assert np.allclose(p, swap_proba(p))
+    # A always wins: with the swapped copies that is a two-class problem, not a constant.
+    learner = make_learner("linear", {}).fit_pairs(X, Xs, np.zeros(len(y), dtype=int), g, 0)
+    assert learner.constant is None and np.allclose(learner.predict_pairs(X, Xs)[:, 2], 0)
