@@ -51,6 +51,14 @@ def _log_loss(y: np.ndarray, p: np.ndarray) -> float:
 SMALL_FIT_ROWS = 10_000
 
 
+def _column_maxabs(X) -> np.ndarray:
+    """float64 [n_columns]: the largest absolute value of each column of a sparse X."""
+    X = X.tocsr()
+    out = np.zeros(X.shape[1])
+    np.maximum.at(out, X.indices, np.abs(X.data).astype(np.float64))
+    return out
+
+
 class _Scaler:
     """Column scaling fitted on training rows.
 
@@ -67,7 +75,7 @@ class _Scaler:
         import scipy.sparse as sp
 
         if sp.issparse(X):
-            maxabs = np.asarray(abs(X).max(axis=0).todense()).ravel().astype(np.float64)
+            maxabs = _column_maxabs(X)
             scale = np.where(maxabs > 1.0, maxabs, 1.0)
             self.mean = None
         else:
@@ -83,8 +91,7 @@ class _Scaler:
         import scipy.sparse as sp
 
         if sp.issparse(X):
-            maxabs = np.maximum(abs(X).max(axis=0).toarray().ravel(),
-                                abs(X_swapped).max(axis=0).toarray().ravel()).astype(np.float64)
+            maxabs = np.maximum(_column_maxabs(X), _column_maxabs(X_swapped))
             scale = np.where(maxabs > 1.0, maxabs, 1.0)
             self.mean = None
         else:
@@ -99,7 +106,12 @@ class _Scaler:
         import scipy.sparse as sp
 
         if sp.issparse(X):
-            return (X @ sp.diags(1.0 / self.scale)).tocsr()
+            X = X.tocsr()
+            if self.mean is None and np.all(self.scale == 1.0):
+                return X
+            out = X.astype(np.float64)  # a copy: scale its values column by column
+            out.data *= (1.0 / self.scale)[out.indices]
+            return out
         X = np.asarray(X, dtype=np.float64)
         return (X - self.mean) / self.scale if self.mean is not None else X / self.scale
 
@@ -156,7 +168,8 @@ def _pair_logits(theta: np.ndarray, D, S) -> np.ndarray:
 def _fit_pairs(D, S, y: np.ndarray, C: float, params: dict, x0: np.ndarray | None = None):
     """theta minimising mean loss + (||w||^2 + ||t||^2 / 3) / (2 C n) over the pairs: the
     augmented problem of scikit-learn's LogisticRegression (its mean-scaled objective,
-    L-BFGS with its gtol / ftol / maxls) reduced to its swap-equivariant optimum.
+    L-BFGS with its gtol / ftol / maxls) reduced to its swap-equivariant optimum. ``x0``: a
+    previous theta to start from. Returns (theta [2 p + 1], iterations).
 
     Without ties among the labels scikit-learn fits a binary model (one weight vector v on
     a - b, penalty ||v||^2 / 2): here v = 2 w, so the penalty is ||w||^2 / (C n), t = 0 and
@@ -166,23 +179,29 @@ def _fit_pairs(D, S, y: np.ndarray, C: float, params: dict, x0: np.ndarray | Non
     from scipy.special import logsumexp
 
     n, p = D.shape
+    # Columns that are zero in every row keep a zero weight: optimise over the others only
+    # (L-BFGS's own work grows with the length of its vector).
+    dcols, scols = _active_columns(D), _active_columns(S)
+    D, S = D[:, dcols], S[:, scols]
+    pd_, ps = len(dcols), len(scols)
     Y = np.zeros((n, N_CLASSES))
     Y[np.arange(n), y] = 1.0
     binary = not Y[:, 2].any()
     DT, ST = D.T, S.T
     lam = 1.0 / (float(C) * n)
 
-    def objective(theta):
-        w, t = theta[:p], theta[p:2 * p]
+    def objective(x):
+        w = x[:pd_]
+        m = np.asarray(D @ w).ravel()
         if binary:
-            m = np.asarray(D @ w).ravel()
             Z = np.column_stack([m, -m])
             lse = logsumexp(Z, axis=1)
             R = (np.exp(Z - lse[:, None]) - Y[:, :2]) / n
             loss = float(np.mean(lse - (Z * Y[:, :2]).sum(axis=1)))
             grad = np.asarray(DT @ (R[:, 0] - R[:, 1])).ravel() + 2.0 * lam * w
             return loss + lam * (w @ w), grad
-        Z = _pair_logits(theta, D, S)
+        t = x[pd_:pd_ + ps]
+        Z = np.column_stack([m, -m, np.asarray(S @ t).ravel() + x[-1]])
         lse = logsumexp(Z, axis=1)
         R = (np.exp(Z - lse[:, None]) - Y) / n
         gq = R[:, 2]
@@ -191,14 +210,28 @@ def _fit_pairs(D, S, y: np.ndarray, C: float, params: dict, x0: np.ndarray | Non
         loss = float(np.mean(lse - (Z * Y).sum(axis=1)))
         return loss + 0.5 * lam * (w @ w + t @ t / 3.0), grad
 
-    if x0 is None or not np.isfinite(x0[-1]) or len(x0) != 2 * p + 1:
-        x0 = np.zeros(2 * p + 1)
-    res = minimize(objective, x0[:p] if binary else x0, jac=True, method="L-BFGS-B",
+    start = np.zeros(pd_ + ps + 1)
+    if x0 is not None and np.isfinite(x0[-1]):
+        start[:pd_], start[pd_:pd_ + ps], start[-1] = x0[dcols], x0[p + scols], x0[-1]
+    res = minimize(objective, start[:pd_] if binary else start, jac=True, method="L-BFGS-B",
                    options={"maxiter": int(params["max_iter"]), "maxls": 50,
                             "gtol": float(params["tol"]), "ftol": 64 * np.finfo(float).eps})
+    theta = np.zeros(2 * p + 1)
+    theta[dcols] = res.x[:pd_]
     if binary:
-        return np.concatenate([res.x, np.zeros(p), [-np.inf]]), int(res.nit)
-    return res.x, int(res.nit)
+        theta[-1] = -np.inf
+    else:
+        theta[p + scols], theta[-1] = res.x[pd_:pd_ + ps], res.x[-1]
+    return theta, int(res.nit)
+
+
+def _active_columns(M) -> np.ndarray:
+    """Indices of the columns of M with a non-zero value."""
+    import scipy.sparse as sp
+
+    if sp.issparse(M):
+        return np.flatnonzero(np.bincount(M.indices, minlength=M.shape[1]))
+    return np.flatnonzero(np.any(M != 0, axis=0))
 
 
 def _pair_proba(theta: np.ndarray, D, S) -> np.ndarray:
