@@ -29,6 +29,8 @@ DEFAULTS = {
     "max_features": 100_000,  # and at most this many (the most frequent) per analyzer
     "sublinear_tf": True,     # 1 + log(tf)
     "svd_dims": 64,           # dense (SVD) mode: components fitted on A and B documents
+    "svd_max_docs": 12_000,   # of at most this many of them, drawn at random (a speed cap
+                              # above every shared benchmark file's 10,752)
     "blocks": ["diff", "sum"],  # which of A - B, A + B a pair's features hold
 }
 # The settings hashed_counts reads; the others act on its output.
@@ -86,7 +88,8 @@ def fit_tfidf(docs, s: dict, svd_docs=None, seed: int = 0) -> TfidfState:
     """Fit column selection and IDF on ``docs`` (CSR counts [n_docs, k * n_features]).
 
     ``svd_docs``: counts of the documents the SVD is fitted on (A and B texts of the same
-    training rows), or None for no SVD. Returns: TfidfState.
+    training rows; at most ``svd_max_docs`` of them drawn with ``seed``), or None for no
+    SVD. Returns: TfidfState.
     """
     n_feat = int(s["n_features"])
     columns, idf = [], []
@@ -105,6 +108,10 @@ def fit_tfidf(docs, s: dict, svd_docs=None, seed: int = 0) -> TfidfState:
     if svd_docs is not None and int(s["svd_dims"]) > 0:
         from sklearn.decomposition import TruncatedSVD
 
+        cap = s.get("svd_max_docs")
+        if cap is not None and svd_docs.shape[0] > int(cap):
+            pick = np.sort(np.random.default_rng(seed).choice(svd_docs.shape[0], int(cap), replace=False))
+            svd_docs = svd_docs[pick]
         X = transform(state, svd_docs)
         k = int(min(int(s["svd_dims"]), max(1, min(X.shape) - 1)))
         svd = TruncatedSVD(n_components=k, algorithm="randomized", n_iter=4, random_state=seed)
@@ -160,7 +167,7 @@ def pair_blocks(state: TfidfState, p, a, b, dense: bool, blocks=("diff", "sum"))
     for block in blocks:
         if block == "diff":
             d = za - zb
-            parts.append(d), parts_sw.append(-d)
+            parts.append(d), parts_sw.append(-d if dense else None)
         elif block == "sum":
             d = za + zb
             parts.append(d), parts_sw.append(d)
@@ -172,5 +179,13 @@ def pair_blocks(state: TfidfState, p, a, b, dense: bool, blocks=("diff", "sum"))
         return (np.hstack(parts + [cos]).astype(np.float32),
                 np.hstack(parts_sw + [cos_sw]).astype(np.float32), names)
     X = sp.hstack([sp.csr_matrix(x) for x in parts] + [sp.csr_matrix(cos)], format="csr")
-    Xs = sp.hstack([sp.csr_matrix(x) for x in parts_sw] + [sp.csr_matrix(cos_sw)], format="csr")
+    # The swapped rows differ only in signs and in the order of the two prompt cosines.
+    Xs = X.copy()
+    width = sum(x.shape[1] for x in parts)
+    sign = np.concatenate([np.full(x.shape[1], -1.0 if b == "diff" else 1.0, np.float32)
+                           for b, x in zip(blocks, parts)] + [np.ones(3, np.float32)])
+    Xs.data *= sign[Xs.indices]
+    Xs.indices = np.array([*range(width), width + 1, width, width + 2], dtype=Xs.indices.dtype)[Xs.indices]
+    Xs.has_sorted_indices = False
+    Xs.sort_indices()
     return X, Xs, names

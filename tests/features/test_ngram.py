@@ -69,3 +69,19 @@ def test_analyzers_and_blocks_settings():
         ngram.hashed_counts(TEXTS, {**S, "analyzers": ["bytes"]})
     with pytest.raises(ValueError, match="unknown setting"):
         ngram.settings({"ngram": 3})
+
+
+def test_svd_is_fitted_on_at_most_svd_max_docs(monkeypatch):
+    from sklearn.decomposition import TruncatedSVD
+
+    counts = ngram.hashed_counts(TEXTS * 3, S)
+    seen = []
+    real = TruncatedSVD.fit
+    monkeypatch.setattr(TruncatedSVD, "fit", lambda self, X, y=None: seen.append(X.shape[0]) or real(self, X))
+    capped = ngram.fit_tfidf(counts, {**S, "svd_max_docs": 10}, svd_docs=counts, seed=1)
+    full = ngram.fit_tfidf(counts, {**S, "svd_max_docs": None}, svd_docs=counts, seed=1)
+    assert seen == [10, len(TEXTS) * 3]
+    assert capped.svd.shape == full.svd.shape
+    # The draw depends on the seed only: refitting gives the same components.
+    again = ngram.fit_tfidf(counts, {**S, "svd_max_docs": 10}, svd_docs=counts, seed=1)
+    assert np.array_equal(again.svd, capped.svd)
