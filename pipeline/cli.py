@@ -2,18 +2,18 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import errno
+import json
 import logging
 import sys
-import time
 from pathlib import Path
 
-from pipeline.catalog import Catalog, RunBusy, run_lock, sweep_stale_temp_files
-from pipeline.config import ConfigError, apply_overrides, check_name, load_config
+from pipeline.catalog import Catalog, RunBusy
+from pipeline.config import ConfigError, build_config, check_name
 from pipeline.context import RunContext
 from pipeline.data import DataError
-from pipeline.stages import STAGES, stages_for
+from pipeline.runner import execute, summary_line
+from pipeline.stages import STAGES
 
 log = logging.getLogger("prefstack")
 
@@ -82,15 +82,15 @@ def setup_logging(verbose: bool) -> None:
 
 
 def make_context(args: argparse.Namespace) -> RunContext:
-    """Config file, then CLI overrides, then input paths (demo data written if asked)."""
-    cfg = load_config(args.config)
+    """The layered config (defaults < demo settings < experiment file < flags), then the
+    input paths (demo data written if asked)."""
     catalog = Catalog(args.workdir)
+    demo_layer = None
     if args.demo:
         from pipeline.demo import demo_overrides, write_demo
 
         train_path, test_path = write_demo(catalog.demo_dir)
-        if args.config is None:
-            cfg = apply_overrides(cfg, demo_overrides())
+        demo_layer = demo_overrides()
     else:
         train_path = args.train or catalog.raw_dir / "train.csv"
         test_path = args.test or catalog.raw_dir / "test.csv"
@@ -111,8 +111,7 @@ def make_context(args: argparse.Namespace) -> RunContext:
         ft["max_rows"] = args.max_rows
     if ft:
         overrides["finetune"] = ft
-    if overrides:
-        cfg = apply_overrides(cfg, overrides)
+    cfg = build_config(args.config, demo_layer=demo_layer, overrides=overrides)
     if args.run is not None:
         check_name(args.run, "--run")
     return RunContext(config=cfg, catalog=catalog, train_path=Path(train_path),
@@ -153,39 +152,10 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.verbose)
     try:
         ctx = make_context(args)
-        t_all = time.perf_counter()
-        if args.stage in ("all", "stack"):
-            from pipeline.stack import check_config as check_stack_config
-
-            check_stack_config(ctx.config)  # a bad member fails before embed and features run
-        if args.stage not in ("predict", "report"):
-            ctx.dataset  # validate the inputs before any stage starts writing
-        if args.stage in ("all", "stack", "finetune"):
-            from pipeline.folds import check_can_cross_validate
-
-            check_can_cross_validate(ctx.dataset.train, ctx.config.stack.n_folds,
-                                     ctx.config.stack.fold_seed,
-                                     ctx.config.finetune.max_rows if args.stage == "finetune" else None)
-        swept = [t for d in (ctx.catalog.cache_dir, ctx.catalog.runs_dir)
-                 for t in sweep_stale_temp_files(d)]
-        if swept:
-            log.info("removed %d temporary file(s) left by killed runs (e.g. %s)", len(swept), swept[0])
-        in_all = ctx.config.finetune.in_all
-        if args.stage == "all" and in_all is None:
-            in_all = ctx.device.startswith("cuda")
-            if not in_all:
-                log.info("finetune: skipped in --stage all on the CPU (slow); run --stage "
-                         "finetune, or set finetune.in_all: true, to add it to the blend")
-        experiment = (ctx.run_name or ctx.config.name) if args.stage == "predict" else ctx.config.name
-        with (contextlib.nullcontext() if args.stage == "report"
-              else run_lock(ctx.catalog, experiment, wait=not args.no_wait)):
-            for stage in stages_for(args.stage, bool(in_all)):
-                t0 = time.perf_counter()
-                log.info("== stage %s: %s", stage.name, stage.help)
-                stage.load()(ctx)
-                log.info("== stage %s finished in %.1fs", stage.name, time.perf_counter() - t0)
-        log.info("all done in %.1fs (experiment %r, workdir %s)", time.perf_counter() - t_all,
-                 ctx.config.name, ctx.catalog.workdir)
+        metrics = execute(ctx, args.stage, wait=not args.no_wait)
+        if metrics is not None:
+            # Logs go to stderr; stdout gets one machine-readable line.
+            print(json.dumps(summary_line(ctx, metrics)), flush=True)
     except (DataError, ConfigError, RunBusy) as exc:
         log.error("%s", exc)
         return 2

@@ -391,10 +391,36 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any], where: str = "") -> 
     return out
 
 
-def load_config(path: str | Path | None) -> Config:
-    """Defaults, then the experiment file's differences. Name = the file's stem."""
+def build_config(experiment: "str | Path | dict | Config | None" = None, *,
+                 demo_layer: dict | None = None, overrides: dict | None = None) -> Config:
+    """The layered config: defaults < ``demo_layer`` (the demo's settings, with --demo) <
+    ``experiment`` (a YAML path, a dict of differences, or a whole Config, which replaces
+    the layers below it) < ``overrides`` (command-line flags, keyword arguments).
+
+    The name is the experiment file's stem (or its ``name:``), else the demo layer's, else
+    "default".
+    """
+    if isinstance(experiment, Config):
+        cfg = experiment
+    else:
+        cfg = Config()
+        if demo_layer:
+            cfg = apply_overrides(cfg, demo_layer)
+        if isinstance(experiment, dict):
+            cfg = apply_overrides(cfg, experiment)
+        elif experiment is not None:
+            cfg = load_config(experiment, base=cfg)
+    if overrides:
+        cfg = apply_overrides(cfg, overrides)
+    return cfg
+
+
+def load_config(path: str | Path | None, base: Config | None = None) -> Config:
+    """``base`` (default: the defaults), then the experiment file's differences. Name =
+    the file's stem unless the file sets ``name:``."""
+    base = Config() if base is None else base
     if path is None:
-        return Config()
+        return base
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} not found: pass an existing YAML file to --config")
@@ -406,6 +432,6 @@ def load_config(path: str | Path | None) -> Config:
         raise ConfigError(f"{path}: the top level must be a mapping (embed:, stack:, ...)")
     data.setdefault("name", path.stem)
     try:
-        return apply_overrides(Config(), data, where="")
+        return apply_overrides(base, data, where="")
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None

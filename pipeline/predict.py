@@ -127,8 +127,10 @@ def score_features(manifest: dict, models_dir: Path, src,
     return normalize_proba(blend(probas, weights, manifest["temperature"], eps), eps)
 
 
-def run_stage(ctx) -> None:
-    """Write runs/<run>/predictions.csv (or --out) for the pairs in --test."""
+def predict_frame(ctx) -> pd.DataFrame:
+    """Submission-format probabilities (id, winner_model_a, winner_model_b, winner_tie) of
+    the pairs in ``ctx.test_path`` from the fitted models of run ``ctx.run_name`` (else the
+    config's experiment): the same features, views and swap TTA as when it was fitted."""
     from pipeline.featurize import features_for
     from pipeline.stack import _aligned, swapped_features
     from pipeline.views import Source
@@ -165,6 +167,14 @@ def run_stage(ctx) -> None:
     out[list(LABEL_COLUMNS)] = proba
     out = out[list(SUBMISSION_COLUMNS)]
     validate_submission(out, frame["id"])
+    log.info("predict: %d pairs scored in %.1fs", len(out), time.perf_counter() - t0)
+    return out
+
+
+def run_stage(ctx) -> None:
+    """Write runs/<run>/predictions.csv (or --out) for the pairs in --test."""
+    out = predict_frame(ctx)
+    run_dir = ctx.catalog.runs_dir / (ctx.run_name or ctx.config.name)
     out_path = Path(ctx.out_path) if ctx.out_path else run_dir / "predictions.csv"
     write_csv_atomic(out_path, out)
-    log.info("predict: wrote %s (%d rows) in %.1fs", out_path, len(out), time.perf_counter() - t0)
+    log.info("predict: wrote %s (%d rows)", out_path, len(out))
