@@ -6,6 +6,7 @@ Blend weights are chosen on out-of-fold predictions; the reported blend score is
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -18,8 +19,8 @@ import pandas as pd
 
 from features.turns import CLASS_NAMES
 from pipeline.blend import normalize_proba
-from pipeline.catalog import (CODE_VERSION, swap_in, write_bytes_atomic, write_json_atomic,
-                              write_parquet_atomic)
+from pipeline.catalog import (CODE_VERSION, frame_hash, swap_in, write_bytes_atomic,
+                              write_json_atomic, write_parquet_atomic)
 from pipeline.learners.base import digest, learner_class
 
 log = logging.getLogger(__name__)
@@ -237,6 +238,12 @@ def write_run_outputs(ctx, inp, members: list, ft, stats: dict, t_start: float) 
         "finetune_member": ft[0] if ft is not None else None,
         "train_path": str(ctx.train_path),
         "test_path": str(ctx.test_path),
+        # What the run saw and what it produced, for the experiments table: the training
+        # data's content hash, and a hash of the blended OOF and test probabilities (two
+        # runs with equal hashes gave bit-identical results).
+        "train_sha256": frame_hash(ctx.dataset.train),
+        "result_sha256": hashlib.sha256(np.ascontiguousarray(res.nested_oof).tobytes()
+                                        + np.ascontiguousarray(res.test_blend).tobytes()).hexdigest(),
         "config": ctx.config.to_dict(),
         "timing": timing,
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),

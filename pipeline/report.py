@@ -1,6 +1,7 @@
 """Human-readable outputs: one run's report.md with plots, and the table of all runs."""
 from __future__ import annotations
 
+import json
 import logging
 import math
 from pathlib import Path
@@ -192,9 +193,43 @@ def write_run_report(run_dir: str | Path, metrics: dict, y: np.ndarray, proba: n
     return path
 
 
+def flatten(d: dict, prefix: str = "") -> dict[str, object]:
+    """{"stack": {"seeds": [0]}} -> {"stack.seeds": [0]} (mappings of settings stay whole
+    below the second level, e.g. stack.members)."""
+    out: dict[str, object] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and not prefix:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def config_changes(config: dict) -> dict[str, object]:
+    """Settings of a run's config that differ from today's defaults (the name left out)."""
+    from pipeline.config import Config
+
+    defaults = flatten(Config().to_dict())
+    mine = flatten(config or {})
+    return {k: v for k, v in sorted(mine.items())
+            if k != "name" and (k not in defaults or defaults[k] != v)}
+
+
+def _changes_text(changes: dict) -> str:
+    if not changes:
+        return "(defaults)"
+    parts = [f"{k}={json.dumps(v, separators=(',', ':'))}" for k, v in changes.items()]
+    text = "; ".join(parts)
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
 def experiments_table(runs_dir: str | Path, skipped: list[Path] | None = None) -> str:
-    """Markdown table of every ``runs/*/metrics.json`` side by side (sorted by log loss).
-    Damaged files are left out with a warning and appended to ``skipped``."""
+    """Markdown table of every ``runs/*/metrics.json`` side by side, sorted by OOF log loss:
+    what each changed from the defaults, the data it ran on, its scores and date. Runs whose
+    blended predictions are bit-identical to a better-listed run's are marked so (a change
+    that had no effect). Damaged files are left out with a warning and appended to
+    ``skipped``."""
     rows = []
     for path in sorted(Path(runs_dir).glob("*/metrics.json")):
         try:
@@ -211,16 +246,27 @@ def experiments_table(runs_dir: str | Path, skipped: list[Path] | None = None) -
                 skipped.append(path)
             continue
         rows.append(m | {"_dir": path.parent.name})
-    header = ["| experiment | rows | folds | members | OOF log loss (nested blend) | accuracy | "
-              "class prior | date |", "|---|---|---|---|---|---|---|---|"]
+    header = ["| experiment | changes from the defaults | data (file, rows, content) | members "
+              "(blend weight) | OOF log loss | accuracy | class prior | date |",
+              "|---|---|---|---|---|---|---|---|"]
     if not rows:
         return "\n".join(header + ["| (no runs yet: run --stage stack) | | | | | | | |"]) + "\n"
-    rows.sort(key=lambda m: m["oof_log_loss"] if isinstance(m.get("oof_log_loss"), (int, float))
-              else float("inf"))
-    body = []
+    rows.sort(key=lambda m: (m["oof_log_loss"] if isinstance(m.get("oof_log_loss"), (int, float))
+                             else float("inf"), m["_dir"]))
+    body, first_with = [], {}
     for m in rows:
         members = ", ".join(f"{n} ({w:.2f})" for n, w in m.get("blend_weights", {}).items())
-        body.append(f"| {m['_dir']} | {m.get('rows', '-')} | {m.get('n_folds', '-')} | {members} | "
+        changes = _changes_text(config_changes(m.get("config", {})))
+        result = m.get("result_sha256")
+        if result and result in first_with:
+            changes += f" **(result identical to {first_with[result]}: no effect)**"
+        elif result:
+            first_with[result] = m["_dir"]
+        data = "-"
+        if m.get("train_path"):
+            digest_ = str(m.get("train_sha256", ""))[:8]
+            data = f"{Path(m['train_path']).name}, {m.get('rows', '-')}" + (f", {digest_}" if digest_ else "")
+        body.append(f"| {m['_dir']} | {changes} | {data} | {members} | "
                     f"{_fmt(m.get('oof_log_loss'))} | {_fmt(m.get('oof_accuracy'), 3)} | "
                     f"{_fmt(m.get('prior_log_loss'))} | {m.get('date', '-')} |")
     return "\n".join(header + body) + "\n"
@@ -230,7 +276,8 @@ def run_experiments_table(ctx) -> None:
     """--stage report: write runs/experiments.md and print it."""
     runs_dir = ctx.catalog.runs_dir
     skipped: list[Path] = []
-    text = ("# Experiments\n\nMembers are shown with their blend weight.\n\n"
+    text = ("# Experiments\n\nBest first. Changes are each run's settings that differ from "
+            "today's defaults; members are shown with their blend weight.\n\n"
             + experiments_table(runs_dir, skipped))
     write_text_atomic(runs_dir / "experiments.md", text)
     print(text)
