@@ -5,6 +5,7 @@ import argparse
 import errno
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -79,6 +80,9 @@ def setup_logging(verbose: bool) -> None:
     for noisy in ("httpx", "urllib3", "filelock", "huggingface_hub", "sentence_transformers",
                   "transformers", "matplotlib", "PIL"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Hub download bars would run into the log lines (transformers' own "Loading weights"
+    # bar is turned off where models are loaded: pipeline.models.quiet_loading).
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 
 def make_context(args: argparse.Namespace) -> RunContext:

@@ -44,6 +44,9 @@ class MemberFit:
     summaries: dict[tuple[int, int], dict]  # (fold, seed) -> learner.summary()
     importance: pd.Series | None           # per feature, summed over models, descending
     view_states: dict[int, dict[str, bytes]] = field(default_factory=dict)  # fold -> view -> bytes
+    # The OOF prediction from the rows' own A/B order only (no TTA): with ``oof``, it shows
+    # the member's position bias (pipeline.diagnostics). None in caches written before it.
+    oof_single: np.ndarray | None = None
 
     @property
     def best_iterations(self) -> dict[tuple[int, int], int]:
@@ -67,18 +70,25 @@ def _augment(X, Xs, y, groups, rows, augment: bool):
             np.concatenate([groups[rows], groups[rows]]))
 
 
-def predict_tta(learner, X, X_swapped, tta: bool = True) -> np.ndarray:
-    """Probabilities [n, 3]; with ``tta``, the mean of both orders (swap mapped back).
+def predict_orders(learner, X, X_swapped, tta: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(p from the given order only, p as predicted: with ``tta`` the mean of both orders,
+    the swapped one mapped back), each [n, 3].
 
     A learner fitted on pairs (``pair_fitted``) predicts from both orders whatever ``tta``
-    says: it is exactly swap-equivariant, so its TTA mean is its prediction.
+    says: it is exactly swap-equivariant, so both are its prediction.
     """
     if getattr(learner, "pair_fitted", False):
-        return learner.predict_pairs(X, X_swapped)
+        p = learner.predict_pairs(X, X_swapped)
+        return p, p
     p = learner.predict_proba(X)
     if tta and X_swapped is not None:
-        p = 0.5 * (p + swap_proba(learner.predict_proba(X_swapped)))
-    return p
+        return p, 0.5 * (p + swap_proba(learner.predict_proba(X_swapped)))
+    return p, p
+
+
+def predict_tta(learner, X, X_swapped, tta: bool = True) -> np.ndarray:
+    """Probabilities [n, 3] as the member predicts them (see predict_orders)."""
+    return predict_orders(learner, X, X_swapped, tta)[1]
 
 
 def uses_pairs(learner, swap_augment: bool) -> bool:
@@ -117,6 +127,7 @@ def cross_fit(kind: str, params: dict, fold_matrices: Callable[[int, np.ndarray]
     groups = np.asarray(groups)
     n = len(y)
     oof = np.zeros((n, N_CLASSES))
+    oof_single = np.zeros((n, N_CLASSES))
     test = np.zeros((n_test, N_CLASSES))
     models, summaries, view_states = {}, {}, {}
     importance = None
@@ -142,8 +153,10 @@ def cross_fit(kind: str, params: dict, fold_matrices: Callable[[int, np.ndarray]
             else:
                 Xf, yf, gf = _augment(fm.X, fm.X_swapped, y, groups, fit_rows, swap_augment)
                 learner.fit(Xf, yf, gf, int(seed), Xv, yv, feature_names=fm.names)
-            oof[held] += predict_tta(learner, _rows(fm.X, held), _rows(fm.X_swapped, held),
-                                     swap_tta) / len(seeds)
+            single, pred = predict_orders(learner, _rows(fm.X, held), _rows(fm.X_swapped, held),
+                                          swap_tta)
+            oof[held] += pred / len(seeds)
+            oof_single[held] += single / len(seeds)
             if n_test:
                 test += predict_tta(learner, fm.X_test, fm.X_test_swapped, swap_tta) / (
                     len(seeds) * len(fold_ids))
@@ -159,7 +172,7 @@ def cross_fit(kind: str, params: dict, fold_matrices: Callable[[int, np.ndarray]
     return MemberFit(oof=normalize_proba(oof, 1e-12),
                      test=normalize_proba(test, 1e-12) if n_test else test,
                      models=models, summaries=summaries, importance=importance,
-                     view_states=view_states)
+                     view_states=view_states, oof_single=normalize_proba(oof_single, 1e-12))
 
 
 def cross_fit_arrays(kind: str, params: dict, X, X_swapped, X_test, X_test_swapped,

@@ -59,14 +59,14 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-from tqdm.auto import tqdm
 
 from pipeline.catalog import (atomic_path, file_lock, hash_key, hash_texts, provenance_path,
                               read_json, slug, write_provenance)
 from pipeline.config import ConfigError, EmbedConfig
 from pipeline.embed_backends import key_parts
 from pipeline.data import TEXT_COLUMNS, DataError, join_turns
-from pipeline.models import model_id, resolve_model_path
+from pipeline.models import model_id, quiet_loading, resolve_model_path
+from pipeline.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -380,8 +380,7 @@ def encode_missing(cache: EmbeddingCache, texts: Sequence[str], encoder: Encoder
         if h in todo and todo[h] is None:
             todo[h] = t
     order = sorted(todo, key=lambda h: -len(todo[h]))
-    with tqdm(total=len(order), unit="text", desc=desc, disable=None if progress else True,
-              smoothing=0.1) as bar:
+    with Progress(len(order), desc, unit="text", enabled=progress) as bar:
         for start in range(0, len(order), chunk_size):
             part = order[start:start + chunk_size]
             vectors = np.asarray(encoder([todo[h] for h in part]))
@@ -697,6 +696,7 @@ def load_model(name: str, device: str, max_seq_length: int | None, half: bool):
 
     path = resolve_model_path(name)
     t0 = time.perf_counter()
+    quiet_loading()
     try:
         model = SentenceTransformer(path, device=device)
     except Exception as exc:  # noqa: BLE001 - re-raised with what to do about it

@@ -144,7 +144,7 @@ def token_counter(name: str) -> TokenCounter:
     text whole; the log says which, and why.
     """
     counter = RustTokenCounter(_load_tokenizer(name))
-    log.info("token counts of %s: %s (%s)", name,
+    log.debug("token counts of %s: %s (%s)", name,
              "summed over distinct whitespace chunks" if counter.chunk_additive
              else "each text tokenized whole", counter.reason)
     return counter
@@ -216,7 +216,7 @@ def _split_features(ctx, split: str, frame: pd.DataFrame, specs: list[GroupSpec]
         df = None if ctx.force else _read_cached(path, frame)
         if df is not None:
             stats["hits"] += 1
-            log.info("features %s/%s: read %d rows x %d columns from cache %s", spec.name, split,
+            log.debug("features %s/%s: read %d rows x %d columns from cache %s", spec.name, split,
                      len(df), df.shape[1] - 1, path.name)
         else:
             with file_lock(path.with_name(path.name + ".lock")):
@@ -230,7 +230,7 @@ def _split_features(ctx, split: str, frame: pd.DataFrame, specs: list[GroupSpec]
                                      split=split, data_hash=data_hash, seconds=round(seconds, 3),
                                      columns=df.shape[1] - 1)
                     stats["computed"] += 1
-                    log.info("features %s/%s: computed %d rows x %d columns in %.2fs "
+                    log.debug("features %s/%s: computed %d rows x %d columns in %.2fs "
                              "(%.0f rows/s) -> %s", spec.name, split, len(df), df.shape[1] - 1,
                              seconds, len(df) / max(seconds, 1e-9), path.name)
         parts.append(df)
@@ -262,8 +262,9 @@ def load_features(ctx, groups: list[str] | None = None) -> tuple[pd.DataFrame, p
     for split in ("train", "test"):
         frame = getattr(ctx.dataset, split)
         out.append(_split_features(ctx, split, frame, specs, _Computer(ctx, frame), stats))
-    log.info("features: %d group file(s) read from cache, %d computed; %d columns",
-             stats["hits"], stats["computed"], out[0].shape[1] - 1)
+    (log.info if stats["computed"] else log.debug)(
+        "features: %d group file(s) read from cache, %d computed; %d columns",
+        stats["hits"], stats["computed"], out[0].shape[1] - 1)
     return out[0], out[1]
 
 

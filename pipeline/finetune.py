@@ -56,7 +56,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from pipeline.progress import Progress
 
 from features.seqpack import encode_pairs, specials_of
 from pipeline.catalog import (CODE_VERSION, file_lock, frame_hash, hash_key, read_json,
@@ -220,12 +220,15 @@ def predict_ids(model: torch.nn.Module, seqs: Sequence[Sequence[int]], pad_id: i
     was_training = model.training
     model.eval()
     order = np.argsort([-len(s) for s in seqs], kind="stable")
-    for start in tqdm(range(0, len(order), batch_size), desc=desc, disable=None, leave=False):
+    bar = Progress(len(order), desc, unit="seq", leave=False)
+    for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
+        bar.update(len(idx))
         ids, mask = collate([seqs[i] for i in idx], pad_id, device, padding_side)
         with _autocast(device, amp_dtype):
             logits = model(ids, mask)
         out[idx] = logits.float().cpu().numpy()
+    bar.close()
     model.train(was_training)
     return out
 
@@ -321,7 +324,7 @@ def train_model(model: torch.nn.Module, forward: Sequence[Sequence[int]],
     optimizer.zero_grad(set_to_none=True)
     running, epoch_seconds, steps = None, [], 0
     t_start = t_epoch = time.perf_counter()
-    bar = tqdm(total=total_micro, desc=desc, disable=None, leave=False)
+    bar = Progress(total_micro, desc, unit="batch", leave=False)
     lengths = [len(s) for s in forward] if cfg.group_by_length else None
     for i, idx in enumerate(_micro_batches(len(forward), cfg.batch_size, total_micro, rng, lengths)):
         seqs = [forward[j] for j in idx]

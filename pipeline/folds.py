@@ -93,7 +93,8 @@ def load_or_make_folds(catalog: Catalog, train: pd.DataFrame, n_folds: int, seed
     folds, hit = cached(path, lambda: assign_folds(train, n_folds, seed),
                         config={"n_folds": n_folds, "seed": seed, "train_hash": content},
                         force=force, expected_rows=len(train))
-    log.info("folds: %s %s (%d rows, %d folds)", "read" if hit else "assigned and saved",
-             path.name, len(folds), n_folds)
+    (log.debug if hit else log.info)("folds: %s %s (%d rows, %d folds)",
+                                     "read" if hit else "assigned and saved", path.name,
+                                     len(folds), n_folds)
     folds["id"] = folds["id"].astype(str)
     return folds

@@ -276,9 +276,10 @@ def build_classifier(spec: ModelSpec, pretrained: bool = True,
 
     if spec.head not in HEADS:
         raise ValueError(f"finetune.head={spec.head!r}: expected one of {', '.join(HEADS)}")
-    from pipeline.models import resolve_model_path
+    from pipeline.models import quiet_loading, resolve_model_path
 
     base = resolve_model_path(spec.base)
+    quiet_loading()
     pretrained = pretrained or spec.lora
     # Trained weights stay float32 whatever the checkpoint holds (a bf16 / fp16 file would
     # otherwise load as such and train without fp32 master weights); only a frozen LoRA

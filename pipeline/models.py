@@ -61,6 +61,14 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def quiet_loading() -> None:
+    """Turn off transformers' "Loading weights" progress bar, which would run into the log
+    lines (the loading itself is logged with its time)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def hf_offline_if_no_hub() -> None:
     """Stop transformers from trying the network for the bundled model (no hub here)."""
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")

@@ -171,6 +171,39 @@ def _write_models(models_dir: Path, members: list, ft, res: BlendResult, ctx) ->
     })
 
 
+def _warn_if_no_effect(ctx, metrics: dict) -> None:
+    """Say so when another run with other settings gave bit-identical predictions: the
+    settings that differ had no effect (the user would otherwise think them ignored)."""
+    from pipeline.catalog import read_json
+
+    for path in sorted(ctx.catalog.runs_dir.glob("*/metrics.json")):
+        if path.parent == ctx.run_dir:
+            continue
+        try:
+            other = read_json(path)
+        except (OSError, ValueError):
+            continue
+        if (isinstance(other, dict) and other.get("result_sha256") == metrics["result_sha256"]
+                and other.get("config", {}) | {"name": None} != metrics["config"] | {"name": None}):
+            log.warning("stack: the predictions are bit-identical to run %r's: the settings in "
+                        "which the two differ had no effect on this data (see --stage report)",
+                        path.parent.name)
+            return
+
+
+def run_diagnostics(ctx, inp, members: list, res: BlendResult) -> dict:
+    """Position bias per member (with swap TTA on) and the blend's length bias."""
+    from pipeline.diagnostics import length_bias, position_bias, response_lengths
+
+    len_a, len_b, identical = response_lengths(ctx.dataset.train)
+    position = {}
+    if ctx.config.stack.swap_tta:
+        position = {m.spec.name: position_bias(m.fit.oof, m.fit.oof_single, identical)
+                    for m in members if m.fit.oof_single is not None}
+    return {"position_bias": position,
+            "length_bias": length_bias(inp.y, res.nested_oof, len_a, len_b).to_dict("records")}
+
+
 def write_run_outputs(ctx, inp, members: list, ft, stats: dict, t_start: float) -> dict:
     """Blend, score and write every run artifact; returns the metrics dict."""
     from pipeline.catalog import write_csv_atomic
@@ -249,11 +282,13 @@ def write_run_outputs(ctx, inp, members: list, ft, stats: dict, t_start: float) 
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "code_version": CODE_VERSION,
     })
+    metrics["diagnostics"] = run_diagnostics(ctx, inp, members, res)
     write_json_atomic(run_dir / "metrics.json", metrics)
     importances = {m.spec.name: m.fit.importance for m in members if m.fit.importance is not None}
     write_run_report(run_dir, metrics, inp.y, res.nested_oof, importances)
     swap_in(run_dir, final_dir)
     run_dir = final_dir
+    _warn_if_no_effect(ctx, metrics)
     log.info("stack: members %s", ", ".join(
         f"{n} {v['oof_log_loss']:.4f}" for n, v in metrics["members"].items()))
     log.info("stack: nested soft vote %.4f, nested level-2 learner %.4f (%s used)",

@@ -119,8 +119,44 @@ def _plots(run_dir: Path, metrics: dict, y: np.ndarray, proba: np.ndarray,
             plt.close(fig)
             files["importance"] = "importance.png"
 
+    diag = metrics.get("diagnostics", {})
+    position = diag.get("position_bias", {})
+    if position:
+        names = list(position)
+        fig, axes = plt.subplots(1, 2, figsize=(11, 0.45 * len(names) + 1.8))
+        flips = [100 * position[n]["flip_rate"] for n in names]
+        axes[0].barh(range(len(names)), flips, color="tab:orange")
+        axes[0].set_yticks(range(len(names)), names, fontsize=8)
+        axes[0].set_xlabel("% of rows whose most probable class changes")
+        axes[0].set_title("Swapping A and B (no TTA)")
+        gaps = [position[n]["identical_a_minus_b"] or 0.0 for n in names]
+        n_ident = max(position[n]["identical_pairs"] for n in names)
+        axes[1].barh(range(len(names)), gaps, color="tab:purple")
+        axes[1].axvline(0, color="grey", lw=1)
+        axes[1].set_yticks(range(len(names)), [""] * len(names))
+        axes[1].set_xlabel("mean P(A) - P(B) (0 = no position bias)")
+        axes[1].set_title(f"Identical responses ({n_ident} pairs)")
+        fig.suptitle("Position bias of each member (the blend averages both orders: swap TTA)")
+        _savefig(fig, run_dir / "position_bias.png")
+        plt.close(fig)
+        files["position"] = "position_bias.png"
+    lb = pd.DataFrame(diag.get("length_bias", []))
+    if len(lb):
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for c, color in (("a", "tab:blue"), ("b", "tab:red"), ("tie", "tab:green")):
+            ax.plot(lb["mid"], lb[f"observed_{c}"], marker="o", color=color, label=f"observed {c}")
+            ax.plot(lb["mid"], lb[f"predicted_{c}"], ls="--", color=color, label=f"predicted {c}")
+        ax.set_xlabel("log((1 + chars of A) / (1 + chars of B)), median of each decile")
+        ax.set_ylabel("rate")
+        ax.set_ylim(0, 1)
+        ax.legend(fontsize=8, ncol=3)
+        ax.set_title("Length bias: win rates by length ratio (nested OOF blend)")
+        _savefig(fig, run_dir / "length_bias.png")
+        plt.close(fig)
+        files["length"] = "length_bias.png"
+
     weights = metrics.get("blend_weights", {})
-    if weights:
+    if len(weights) >= 2:
         fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(weights) + 2), 3))
         ax.bar(list(weights), list(weights.values()))
         ax.set_ylim(0, 1.15)
@@ -183,8 +219,28 @@ def write_run_report(run_dir: str | Path, metrics: dict, y: np.ndarray, proba: n
         lines += [f"![blend weights]({files['weights']})", ""]
     lines += ["## Calibration", "", f"![calibration]({files['calibration']})", "",
               "## Confusion matrix", "", f"![confusion]({files['confusion']})", ""]
+    diag = metrics.get("diagnostics", {})
+    if diag.get("position_bias"):
+        lines += ["## Position bias", "",
+                  "| member | flips when A and B are swapped (no TTA) | mean change of P(A) | "
+                  "P(A) - P(B) on identical pairs |", "|---|---|---|---|"]
+        for n, v in diag["position_bias"].items():
+            lines.append(f"| {n} | {100 * v['flip_rate']:.1f}% | {_fmt(v['mean_abs_shift'], 3)} | "
+                         f"{_fmt(v['identical_a_minus_b'], 3)} ({v['identical_pairs']} pairs) |")
+        lines += ["", "Members fitted on both orders as pairs (linear) are swap-equivariant: 0 "
+                  "by construction. The blend and the submission use swap TTA.", ""]
+        if "position" in files:
+            lines += [f"![position bias]({files['position']})", ""]
+    if "length" in files:
+        lines += ["## Length bias", "", "Observed (solid) and predicted (dashed) rates of each "
+                  "outcome by length ratio of the responses.", "",
+                  f"![length bias]({files['length']})", ""]
     if "importance" in files:
-        lines += ["## Feature importance", "", f"![importance]({files['importance']})", ""]
+        from pipeline.diagnostics import legend
+
+        names = [n for imp in importances.values() for n in imp.head(25).index]
+        lines += ["## Feature importance", "", f"![importance]({files['importance']})", "",
+                  *legend(names), ""]
     timing = metrics.get("timing", {})
     if timing:
         lines += ["## Timing", "", ", ".join(f"{k} {v}" for k, v in timing.items()), ""]

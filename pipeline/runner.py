@@ -54,8 +54,11 @@ def execute(ctx: RunContext, stage: str = "all", wait: bool = True,
                      "finetune, or set finetune.in_all: true, to add it to the blend")
     experiment = (ctx.run_name or ctx.config.name) if stage == "predict" else ctx.config.name
     ran = []
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    # While stages run, log lines are written through tqdm, so they never break a bar.
     with (contextlib.nullcontext() if stage == "report"
-          else run_lock(ctx.catalog, experiment, wait=wait)):
+          else run_lock(ctx.catalog, experiment, wait=wait)), logging_redirect_tqdm():
         for st in stages_for(stage, bool(in_all)):
             t0 = time.perf_counter()
             log.info("== stage %s: %s", st.name, st.help)

@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 
 STACK_VERSION = 2
 PROBA_COLUMNS = ("p_a", "p_b", "p_tie")
+# The same from the rows' own A/B order only (no swap TTA), for the position-bias panel.
+SINGLE_COLUMNS = ("single_a", "single_b", "single_tie")
 # Importances kept per member (a sparse TF-IDF member has hundreds of thousands of columns).
 MAX_IMPORTANCE_ROWS = 2000
 
@@ -224,6 +226,8 @@ def _save_member(path: Path, fit: MemberFit, suffix: str, train_ids, folds, test
     (path / "models").mkdir(parents=True, exist_ok=True)
     oof = pd.DataFrame({"id": train_ids, "fold": folds.astype(np.int8)})
     oof[list(PROBA_COLUMNS)] = fit.oof
+    if fit.oof_single is not None:
+        oof[list(SINGLE_COLUMNS)] = fit.oof_single
     test = pd.DataFrame({"id": test_ids})
     test[list(PROBA_COLUMNS)] = fit.test
     write_parquet_atomic(path / "oof.parquet", oof)
@@ -286,9 +290,11 @@ def _load_member(path: Path, n_train: int, n_test: int) -> MemberFit | None:
     except (OSError, KeyError) as exc:
         log.warning("stack cache: %s unreadable (%s); refitting the member", path, exc)
         return None
+    single = (oof[list(SINGLE_COLUMNS)].to_numpy(np.float64)
+              if set(SINGLE_COLUMNS) <= set(oof.columns) else None)
     return MemberFit(oof=oof[list(PROBA_COLUMNS)].to_numpy(np.float64),
                      test=test[list(PROBA_COLUMNS)].to_numpy(np.float64), models=models,
-                     summaries=summaries, importance=imp, view_states=states)
+                     summaries=summaries, importance=imp, view_states=states, oof_single=single)
 
 
 # ---------------------------------------------------------------- stage inputs
@@ -358,7 +364,7 @@ def prepare_inputs(ctx) -> StackInputs:
     t0 = time.perf_counter()
     tr_sw = swapped_features(train_feats)
     te_sw = swapped_features(test_feats)
-    log.info("stack: swapped features built in %.1fs", time.perf_counter() - t0)
+    log.debug("stack: swapped features built in %.1fs", time.perf_counter() - t0)
 
     def arr(df):
         return df[columns].to_numpy(dtype=np.float32)
@@ -389,7 +395,7 @@ class FittedMember:
 
 def fit_member_cached(ctx, spec: MemberSpec, inp: StackInputs, stats: dict | None = None) -> FittedMember:
     """One member from the cache or cross-fitted and cached."""
-    from tqdm.auto import tqdm
+    from pipeline.progress import Progress
 
     t_start = time.perf_counter()
     cfg = ctx.config.stack
@@ -427,7 +433,7 @@ def fit_member_cached(ctx, spec: MemberSpec, inp: StackInputs, stats: dict | Non
                 fold_key = {"train_content": data_key["train"], "test_content": data_key["test"],
                             "folds": data_key["folds"]}
                 build = fold_matrices_of(ctx, views, preps, cls.accepts_sparse, fold_key, stats)
-                with tqdm(total=n_models, desc=f"stack {spec.name}", unit="model", disable=None) as bar:
+                with Progress(n_models, f"stack: member {spec.name}", unit="model") as bar:
                     fit = cross_fit(spec.kind, params, build, inp.y, inp.folds, inp.groups,
                                     len(inp.test_ids), seeds=tuple(cfg.seeds),
                                     swap_augment=cfg.swap_augment, swap_tta=cfg.swap_tta,

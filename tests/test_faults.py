@@ -155,8 +155,8 @@ def test_killed_features_resumes_and_equals_clean_run(env, ref, tmp_path, caplog
     assert any(k.startswith("overlap-train") for k in before)
     assert len(list(feats.glob("*.parquet"))) < len(list((ref / "cache" / "features").glob("*.parquet")))
 
-    caplog.set_level(logging.INFO)
-    fu.run_inprocess(args(env, workdir, "features"))
+    caplog.set_level(logging.DEBUG)
+    fu.run_inprocess(args(env, workdir, "features") + ["-v"])  # cache hits are DEBUG lines
 
     after = {**fu.snapshot(feats, "*.parquet"),
              **fu.snapshot(workdir / "cache", "embed/*/chunk-*.parquet")}
@@ -427,10 +427,10 @@ def test_an_edited_row_invalidates_exactly_what_depends_on_it(env, ref, tmp_path
     before = fu.snapshot(workdir / "cache", "**/*.parquet")
     old = fu.feature_frames(workdir)
 
-    caplog.set_level(logging.INFO)
+    caplog.set_level(logging.DEBUG)
     cli = fu.cli_args(env["config"], data, workdir, "embed")
     fu.run_inprocess(cli)
-    fu.run_inprocess(cli[:1] + ["features"] + cli[2:])
+    fu.run_inprocess(cli[:1] + ["features"] + cli[2:] + ["-v"])  # cache hits are DEBUG lines
 
     assert encoded == [new_text]  # the encoder saw exactly the edited text, nothing else
     after = fu.snapshot(workdir / "cache", "**/*.parquet")

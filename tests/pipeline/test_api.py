@@ -68,7 +68,7 @@ def test_load_run_without_a_run_says_what_to_do(tmp_path):
 
 
 @pytest.mark.slow
-def test_api_equals_the_command_line_on_the_demo(tmp_path):
+def test_api_equals_the_command_line_on_the_demo(tmp_path, caplog):
     """Experiment(demo=True).fit() gives the command line's submission, OOF and score;
     DataFrame inputs give the same as the CSVs; predict_proba equals --stage predict."""
     from pipeline.api import Experiment, load_run
@@ -94,6 +94,14 @@ def test_api_equals_the_command_line_on_the_demo(tmp_path):
     assert list(scores.columns) == ["member", "oof_log_loss", "accuracy", "blend_weight"]
     assert len(scores) == len(run.metrics["member_names"]) and scores["oof_log_loss"].is_monotonic_increasing
     assert run.report_path.is_file() and "Run(" in repr(run)
+    report = run.report_path.read_text()
+    # Diagnostics: position bias per member (linear members fitted on pairs: exactly 0),
+    # the length-bias plot, and the blend panel (several members).
+    position = run.metrics["diagnostics"]["position_bias"]
+    assert set(position) == set(run.metrics["member_names"])
+    assert position["linear_tfidf"]["flip_rate"] == 0.0 and position["lgbm_tfidf"]["identical_pairs"] >= 0
+    for section in ("## Position bias", "## Length bias", "![blend weights]"):
+        assert section in report
 
     # DataFrames in (a new experiment name; every cache is found by content).
     train = pd.read_csv(api_work / "raw" / "demo" / "train.csv")
@@ -102,6 +110,20 @@ def test_api_equals_the_command_line_on_the_demo(tmp_path):
     assert again.name == "frames"
     pd.testing.assert_frame_equal(again.submission, run.submission)
     assert again.oof_log_loss == run.oof_log_loss
+
+    # A setting that changes nothing here (the CPU demo blends no fine-tuned member) gives
+    # bit-identical predictions: the run says so, and the report marks it.
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="pipeline.outputs"):
+        same = Experiment(demo=True, workdir=api_work, name="evalbatch",
+                          finetune={"eval_batch_size": 64}).fit()
+    assert same.metrics["result_sha256"] == run.metrics["result_sha256"]
+    assert "bit-identical" in caplog.text
+    from pipeline.report import experiments_table
+
+    row = [r for r in experiments_table(api_work / "runs").splitlines() if r.startswith("| evalbatch |")][0]
+    assert "finetune.eval_batch_size=64" in row and "no effect" in row
 
     # predict_proba: DataFrame in, the submission's probabilities out (same swap TTA).
     preds = load_run("demo", workdir=api_work).predict_proba(test)

@@ -79,7 +79,8 @@ def test_second_run_reads_cache(tiny_csvs, tmp_path, calls, caplog):
     first = featurize.load_features(ctx)
     calls["groups"].clear()
     calls["tokenizers"].clear()
-    with caplog.at_level(logging.INFO, logger="pipeline.featurize"):
+    # All read from cache: the summary is a DEBUG line (-v), not one more INFO line.
+    with caplog.at_level(logging.DEBUG, logger="pipeline.featurize"):
         second = featurize.load_features(make_ctx(tiny_csvs, tmp_path))
     assert calls == {"groups": [], "tokenizers": []}
     assert "8 group file(s) read from cache, 0 computed" in caplog.text
