@@ -57,6 +57,10 @@ def test_experiment_takes_keyword_changes_and_refuses_bad_ones(tmp_path):
     assert exp.name == "seeds2" and exp.config.stack.seeds == (0, 1)
     with pytest.raises(ConfigError):
         Experiment(workdir=tmp_path, stack={"n_folds": 1})
+    with pytest.raises(ValueError, match="stage must be"):
+        exp.stage("predict")
+    with pytest.raises(TypeError, match="DataFrame or a CSV path"):
+        exp.fit(train=[1, 2, 3])
 
 
 def test_load_run_without_a_run_says_what_to_do(tmp_path):
