@@ -64,11 +64,16 @@ def _vectorizers(s: dict):
 
 def hashed_counts(texts: list[str], s: dict):
     """Term counts of ``texts``: float32 CSR [len(texts), k * n_features], one block of
-    hashed columns per analyzer (word, then char)."""
+    hashed columns per analyzer (word, then char). A text that occurs several times (a
+    prompt asked again, a response repeated across pairs) is hashed once."""
     import scipy.sparse as sp
 
-    cut = [t[: int(s["max_chars"])] for t in texts]
-    return sp.hstack([v.transform(cut) for v in _vectorizers(s)], format="csr")
+    first: dict[str, int] = {}
+    inverse = np.fromiter((first.setdefault(t[: int(s["max_chars"])], len(first)) for t in texts),
+                          dtype=np.int64, count=len(texts))
+    distinct = list(first)
+    counts = sp.hstack([v.transform(distinct) for v in _vectorizers(s)], format="csr")
+    return counts if len(distinct) == len(texts) else counts[inverse]
 
 
 @dataclass
@@ -122,20 +127,36 @@ def fit_tfidf(docs, s: dict, svd_docs=None, seed: int = 0) -> TfidfState:
 
 def transform(state: TfidfState, counts):
     """TF-IDF of ``counts`` under a fitted state: float32 CSR [n, n_kept]; each analyzer's
-    part is L2-normalised and scaled by 1/sqrt(2), so a non-empty row has norm <= 1."""
+    part is L2-normalised and scaled by 1/sqrt(2), so a non-empty row has norm <= 1.
+
+    One pass over the non-zeros (a column map instead of sparse fancy indexing: 2-3x
+    faster on large sets); kept columns stay in order, so row indices stay sorted.
+    """
     import scipy.sparse as sp
 
-    parts = []
-    for part, (cols, idf) in enumerate(zip(state.columns, state.idf)):
-        block = counts[:, part * state.n_features:(part + 1) * state.n_features][:, cols]
-        block = block.tocsr().astype(np.float32)
-        if state.sublinear_tf:
-            block.data = 1.0 + np.log(block.data)
-        block = block @ sp.diags(idf)
-        norms = np.sqrt(np.asarray(block.multiply(block).sum(axis=1)).ravel())
-        block = sp.diags(np.where(norms > 0, 1.0 / np.maximum(norms, 1e-12), 0.0) / np.sqrt(2.0)) @ block
-        parts.append(block.astype(np.float32))
-    return sp.hstack(parts, format="csr")
+    counts = counts.tocsr()
+    n, n_parts = counts.shape[0], len(state.columns)
+    colmap = np.full(n_parts * state.n_features, -1, dtype=np.int64)
+    bounds = np.cumsum([0] + [len(c) for c in state.columns])
+    for part, cols in enumerate(state.columns):
+        colmap[part * state.n_features + np.asarray(cols, dtype=np.int64)] = np.arange(bounds[part], bounds[part + 1])
+    idf = np.concatenate([np.asarray(i, dtype=np.float32) for i in state.idf]) if n_parts else \
+        np.zeros(0, np.float32)
+    new = colmap[counts.indices[: counts.nnz]] if counts.nnz else np.zeros(0, np.int64)
+    keep = new >= 0
+    rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(counts.indptr))[keep]
+    cols = new[keep]
+    data = counts.data[: counts.nnz][keep].astype(np.float32)
+    if state.sublinear_tf:
+        data = 1.0 + np.log(data)
+    data = data * idf[cols]
+    part_of = np.searchsorted(bounds, cols, side="right") - 1
+    group = rows * max(n_parts, 1) + part_of
+    norms = np.sqrt(np.bincount(group, weights=np.square(data, dtype=np.float64),
+                                minlength=n * max(n_parts, 1)))
+    data = (data / (norms[group] * np.sqrt(2.0))).astype(np.float32)
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=n))])
+    return sp.csr_matrix((data, cols.astype(np.int32), indptr), shape=(n, int(bounds[-1])))
 
 
 def _row_dot(x, y) -> np.ndarray:

@@ -85,3 +85,17 @@ def test_svd_is_fitted_on_at_most_svd_max_docs(monkeypatch):
     # The draw depends on the seed only: refitting gives the same components.
     again = ngram.fit_tfidf(counts, {**S, "svd_max_docs": 10}, svd_docs=counts, seed=1)
     assert np.array_equal(again.svd, capped.svd)
+
+
+def test_repeated_texts_are_hashed_once_with_the_same_rows(monkeypatch):
+    from sklearn.feature_extraction.text import HashingVectorizer
+
+    texts = TEXTS + TEXTS[:3] + [TEXTS[0]]
+    seen = []
+    real = HashingVectorizer.transform
+    monkeypatch.setattr(HashingVectorizer, "transform", lambda self, X: seen.append(len(X)) or real(self, X))
+    counts = ngram.hashed_counts(texts, S)
+    assert seen == [len(TEXTS), len(TEXTS)]  # each analyzer saw each distinct text once
+    monkeypatch.setattr(HashingVectorizer, "transform", real)
+    one_by_one = sp.vstack([ngram.hashed_counts([t], S) for t in texts], format="csr")
+    assert counts.shape == one_by_one.shape and (counts != one_by_one).nnz == 0
