@@ -57,8 +57,10 @@ class Progress:
         rate = self.done / elapsed if elapsed > 0 else 0.0
         eta = (self.total - self.done) / rate if rate > 0 else float("nan")
         pct = 100.0 * self.done / self.total if self.total else 100.0
+        speed = (f"{rate:,.1f} {self.unit}/s" if rate >= 1 or rate == 0
+                 else f"{1 / rate:,.1f} s/{self.unit}")
         text = (f"{self.desc}: {self.done:,}/{self.total:,} {self.unit} ({pct:.0f}%), "
-                f"{rate:,.1f} {self.unit}/s, elapsed {elapsed:.0f}s, ETA {eta:.0f}s")
+                f"{speed}, elapsed {elapsed:.0f}s, ETA {eta:.0f}s")
         return text + (f", {self.postfix}" if self.postfix else "")
 
     def update(self, n: int = 1) -> None:

@@ -49,3 +49,10 @@ def test_disabled_shows_nothing(caplog):
     with Progress(5, "x", every=0.0, enabled=False, stream=tty) as bar:
         bar.update(2)
     assert tty.getvalue() == "" and not caplog.records
+
+
+def test_slow_work_shows_seconds_per_unit():
+    bar = Progress(5, "stack: member m", unit="model", stream=io.StringIO())
+    bar.t0 -= 60.0
+    bar.done = 2
+    assert "30.0 s/model" in bar.line() and "ETA 90s" in bar.line()
