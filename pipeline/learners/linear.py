@@ -102,6 +102,19 @@ class _Scaler:
         self.scale = np.where(scale > 0, scale, 1.0)
         return self
 
+    def pair_parts(self, X, X_swapped):
+        """``_pair_parts`` of the scaled X and X_swapped, scaled after the split (the
+        statistics are swap-symmetric, so d / scale and (s - mean) / scale are the parts of
+        the scaled rows): no scaled copies of X and X_swapped are made."""
+        D, S = _pair_parts(X, X_swapped)
+        inv = 1.0 / self.scale
+        if self.mean is None:  # sparse: D and S are fresh float64 copies, scale in place
+            if not np.all(self.scale == 1.0):
+                D.data *= inv[D.indices]
+                S.data *= inv[S.indices]
+            return D, S
+        return D * inv, (S - self.mean) * inv
+
     def transform(self, X):
         import scipy.sparse as sp
 
@@ -148,8 +161,10 @@ def _pair_parts(X, X_swapped):
 
     if sp.issparse(X):
         X, X_swapped = X.astype(np.float64), X_swapped.astype(np.float64)
-        D, S = ((X - X_swapped) * 0.5).tocsr(), ((X + X_swapped) * 0.5).tocsr()
-        D.eliminate_zeros(), S.eliminate_zeros()
+        D, S = (X - X_swapped).tocsr(), (X + X_swapped).tocsr()
+        for M in (D, S):
+            M.data *= 0.5
+            M.eliminate_zeros()
         return D, S
     X, X_swapped = np.asarray(X, dtype=np.float64), np.asarray(X_swapped, dtype=np.float64)
     return 0.5 * (X - X_swapped), 0.5 * (X + X_swapped)
@@ -414,7 +429,7 @@ class LinearLearner:
             self.constant = np.bincount(both, minlength=N_CLASSES) / len(both)
             return self
         self.scaler = _Scaler().fit_pairs(X, X_swapped)
-        D, S = _pair_parts(self.scaler.transform(X), self.scaler.transform(X_swapped))
+        D, S = self.scaler.pair_parts(X, X_swapped)
         if self.params["C"] is not None:
             self.C = float(self.params["C"])
         else:
@@ -430,7 +445,7 @@ class LinearLearner:
             return 0.5 * (p + swap_proba(p))
         if self.theta is None:
             return 0.5 * (self.predict_proba(X) + swap_proba(self.predict_proba(X_swapped)))
-        D, S = _pair_parts(self.scaler.transform(X), self.scaler.transform(X_swapped))
+        D, S = self.scaler.pair_parts(X, X_swapped)
         return _pair_proba(self.theta, D, S)
 
     def predict_proba(self, X) -> np.ndarray:
