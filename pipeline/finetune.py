@@ -655,8 +655,18 @@ def member_for(ctx) -> FinetuneMember | None:
     oof = _read_logits(plan.oof_path, len(plan.train), with_fold=True)
     test = _read_logits(plan.test_path, len(plan.test))
     if oof is None or test is None:
-        log.info("finetune: no finished logits for this config in %s (run --stage finetune "
-                 "with every fold)", plan.model_dir)
+        model_dir = Path(plan.model_dir)
+        others = sorted(d.name for d in model_dir.parent.glob(f"{model_dir.name.rsplit('-', 1)[0]}-*")
+                        if d != model_dir and (d / Path(plan.oof_path).name).is_file())
+        if others:
+            # The user trained one, but under other settings: say so, it is not blended.
+            log.warning("finetune: a fine-tuned %s exists for other settings (%s) but not for "
+                        "this config's (%s), so none is blended; run --stage finetune with "
+                        "this config, or use the settings it was trained with",
+                        plan.name, ", ".join(others[:3]), model_dir.name)
+        else:
+            log.info("finetune: no finished logits for this config in %s (run --stage finetune "
+                     "with every fold)", plan.model_dir)
         return None
     log.info("finetune: member %s read from %s", plan.name, plan.model_dir)
     return FinetuneMember(name=plan.name, oof=oof, test=test, model_dir=plan.model_dir)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -106,6 +107,13 @@ def test_stage_covers_every_id_resumes_and_scores_new_test(tmp_path, tiny_model,
     new_member = FT.member_for(new_ctx)
     assert list(new_member.test["id"]) == ["200", "201", "202"]
     assert new_member.model_dir == member.model_dir
+
+    # Other settings (another cache key): no member, and a warning that one exists.
+    caplog.clear()
+    assert FT.member_for(_ctx(tmp_path, tiny_model, lr=1e-3)) is None
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "exists for other settings" in warnings[0]
+    assert Path(member.model_dir).name in warnings[0]
 
 
 def test_max_rows_trains_a_subset_and_gives_no_member(tmp_path, tiny_model, monkeypatch):
