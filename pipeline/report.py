@@ -102,9 +102,15 @@ def _plots(run_dir: Path, metrics: dict, y: np.ndarray, proba: np.ndarray,
     files["confusion"] = "confusion.png"
 
     if importances:
-        # The member the blend leans on most (its importances are on its learner's own scale).
+        # The member the blend leans on most (its importances are on its learner's own
+        # scale): the largest soft-voting weight, or with the level-2 learner (whose inputs
+        # have no weights) the member with the best OOF log loss.
         weights = metrics.get("blend_weights", {})
-        name = max(importances, key=lambda n: (weights.get(n, 0.0), len(importances[n])))
+        if metrics.get("blend_method") == "meta":
+            losses = {n: v.get("oof_log_loss", float("inf")) for n, v in metrics.get("members", {}).items()}
+            name = min(importances, key=lambda n: (losses.get(n, float("inf")), -len(importances[n])))
+        else:
+            name = max(importances, key=lambda n: (weights.get(n, 0.0), len(importances[n])))
         imp = importances[name]
         kind = metrics.get("member_kinds", {}).get(name, "lgbm")
         top = imp.head(25)[::-1]

@@ -74,3 +74,28 @@ def test_report_panels(tmp_path):
     text = write_run_report(two, _metrics({"m": 0.5, "k": 0.5}, pos), y, proba, imp).read_text()
     assert (two / "blend_weights.png").is_file() and (two / "position_bias.png").is_file()
     assert "| m | 10.0% | 0.050 | 0.020 (3 pairs) |" in text
+
+
+def test_importance_plot_member_follows_the_blend(tmp_path):
+    y = np.array([0, 1, 2, 0, 1, 2])
+    proba = np.full((6, 3), 1 / 3)
+    imp = {"m": pd.Series([3.0], index=["length__diff_chars"]),
+           "k": pd.Series([2.0], index=["overlap__p_jaccard"])}
+    metrics = _metrics({"m": 0.9, "k": 0.1})
+    metrics["members"] = {"m": {"oof_log_loss": 0.95, "oof_accuracy": 0.5},
+                          "k": {"oof_log_loss": 0.90, "oof_accuracy": 0.5}}
+    soft = tmp_path / "soft"
+    soft.mkdir()
+    # Soft voting: the largest weight (m); level-2 learner: the best member (k).
+    import matplotlib.pyplot as plt
+
+    titles = []
+    real = plt.Axes.set_title
+    try:
+        plt.Axes.set_title = lambda self, t, *a, **k: titles.append(t) or real(self, t, *a, **k)
+        write_run_report(soft, metrics, y, proba, imp)
+        write_run_report(soft, {**metrics, "blend_method": "meta"}, y, proba, imp)
+    finally:
+        plt.Axes.set_title = real
+    picked = [t for t in titles if t.startswith("Top feature importances")]
+    assert picked == ["Top feature importances: m", "Top feature importances: k"]
