@@ -206,7 +206,8 @@ def pair_blocks(state: TfidfState, p, a, b, dense: bool, blocks=("diff", "sum"))
     sign = np.concatenate([np.full(x.shape[1], -1.0 if b == "diff" else 1.0, np.float32)
                            for b, x in zip(blocks, parts)] + [np.ones(3, np.float32)])
     Xs.data *= sign[Xs.indices]
-    Xs.indices = np.array([*range(width), width + 1, width, width + 2], dtype=Xs.indices.dtype)[Xs.indices]
+    column_of = np.concatenate([np.arange(width), [width + 1, width, width + 2]])
+    Xs.indices = column_of.astype(Xs.indices.dtype)[Xs.indices]
     Xs.has_sorted_indices = False
     Xs.sort_indices()
     return X, Xs, names

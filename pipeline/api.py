@@ -17,20 +17,17 @@ through the same checks as a CSV given to the command line.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 
 import pandas as pd
 
-from pipeline.catalog import Catalog, read_json, run_lock, write_csv_atomic
+from pipeline.catalog import Catalog, frame_hash, read_json, run_lock, write_csv_atomic
 from pipeline.config import Config, build_config
 from pipeline.context import RunContext
 from pipeline.runner import execute
 
 log = logging.getLogger("prefstack")
-
-PairsLike = "pd.DataFrame | str | Path | None"
 
 
 def _ensure_logging(verbose: bool) -> None:
@@ -46,8 +43,7 @@ def _frame_path(catalog: Catalog, frame: pd.DataFrame, role: str) -> Path:
     """Where a DataFrame given to the API is kept as CSV: named by its content."""
     if not isinstance(frame, pd.DataFrame):
         raise TypeError(f"{role}: expected a pandas DataFrame or a CSV path, got {type(frame).__name__}")
-    digest = hashlib.sha256(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes()
-                            + "\0".join(map(str, frame.columns)).encode()).hexdigest()[:16]
+    digest = frame_hash(frame)
     path = catalog.raw_dir / "api" / f"{role}-{digest}.csv"
     if not path.is_file():
         write_csv_atomic(path, frame)
