@@ -111,23 +111,56 @@ def frame_hash(df: pd.DataFrame) -> str:
     return h.hexdigest()[:16]
 
 
-# Temporary files of atomic writes: ".<name>.<writer pid>-<random>.tmp" beside the target.
-_TEMP_NAME = re.compile(r"^\..+\.(\d+)-[^.]+\.tmp$")
+# Temporary files of atomic writes: ".<name>.<host>~<writer pid>-<random>.tmp" beside the
+# target (older names lack "<host>~" and are taken as this host's). The host is there
+# because a workdir on a shared filesystem is written from several machines: a pid
+# means something only on the machine that made it.
+_TEMP_NAME = re.compile(r"^\..+\.(?:([A-Za-z0-9_-]+)~)?(\d+)-[^.]+\.tmp$")
 # A temporary file without a readable pid is swept once it is this old (seconds).
 _TEMP_MAX_AGE = 24 * 3600
+# Set inside an executor's worker while it runs a unit: units return arrays and the
+# driver alone writes caches (pipeline.executors.base), so a write there is a bug.
+_WORKER_UNIT: str | None = None
+
+
+def host_tag() -> str:
+    """This machine's name as it appears in temporary file names (letters, digits, - _)."""
+    import socket
+
+    return re.sub(r"[^A-Za-z0-9_-]", "_", socket.gethostname() or "host")[:40] or "host"
+
+
+@contextlib.contextmanager
+def worker_unit(name: str) -> Iterator[None]:
+    """Mark the code inside as a unit running in an executor's worker: any atomic write
+    raises WorkerWriteError (the single-writer rule)."""
+    global _WORKER_UNIT
+    before, _WORKER_UNIT = _WORKER_UNIT, name
+    try:
+        yield
+    finally:
+        _WORKER_UNIT = before
+
+
+class WorkerWriteError(RuntimeError):
+    """A unit running in a worker tried to write into the workdir."""
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is renamed onto ``path``.
 
-    The temporary name holds the writer's pid, so :func:`sweep_stale_temp_files` can tell
-    the leftovers of a killed process from a live writer's file.
+    The temporary name holds the writer's host and pid, so
+    :func:`sweep_stale_temp_files` can tell the leftovers of a killed process from a live
+    writer's file. Raises WorkerWriteError inside an executor's worker.
     """
+    if _WORKER_UNIT is not None:
+        raise WorkerWriteError(f"unit {_WORKER_UNIT!r} tried to write {path} from a worker; "
+                               "units return arrays and the driver writes caches")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp",
-                               dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{host_tag()}~{os.getpid()}-",
+                               suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     try:
@@ -154,19 +187,23 @@ def _pid_alive(pid: int) -> bool:
 def sweep_stale_temp_files(root: str | Path) -> list[Path]:
     """Delete temporary files of atomic writes under ``root`` whose writer is gone.
 
-    A file's writer is gone when the pid in its name is no longer a running process on
-    this machine (a run killed mid-write); files without a pid are swept after a day.
-    Returns the deleted paths. Never touches a live writer's file or any other file.
+    A file's writer is gone when its name holds this host (or no host: older names) and
+    a pid that is no longer a running process here (a run killed mid-write). Files of
+    other hosts are left to those hosts' own runs (their pids mean nothing here); files
+    without a pid are swept after a day. Returns the deleted paths. Never touches a live
+    writer's file or any other file.
     """
     root = Path(root)
     removed: list[Path] = []
     if not root.is_dir():
         return removed
-    now = time.time()
+    now, here = time.time(), host_tag()
     for tmp in root.rglob(".*.tmp"):
         m = _TEMP_NAME.match(tmp.name)
         try:
-            stale = (not _pid_alive(int(m.group(1))) if m
+            if m and m.group(1) not in (None, here):
+                continue
+            stale = (not _pid_alive(int(m.group(2))) if m
                      else now - tmp.stat().st_mtime > _TEMP_MAX_AGE)
             if stale and tmp.is_file():
                 tmp.unlink()

@@ -13,6 +13,7 @@ from pipeline.catalog import Catalog, RunBusy
 from pipeline.config import ConfigError, build_config, check_name
 from pipeline.context import RunContext
 from pipeline.data import DataError
+from pipeline.executors.base import UnitFailed, known_engines
 from pipeline.runner import execute, summary_line
 from pipeline.stages import STAGES
 
@@ -52,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="recompute the chosen stages' artifacts even when cached")
     p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"],
                    help="torch device for embedding and fine-tuning (default: auto = GPU if any)")
+    p.add_argument("--engine", default=None, choices=known_engines(),
+                   help="where the independent units run: local (this process, default) or ray "
+                        "(a local Ray instance, or the cluster of --ray-address / RAY_ADDRESS)")
+    p.add_argument("--ray-address", default=None,
+                   help="Ray cluster to join with --engine ray (host:port or 'auto')")
     p.add_argument("--run", default=None,
                    help="--stage predict: the experiment whose fitted models to use")
     p.add_argument("--out", type=Path, default=None,
@@ -105,6 +111,11 @@ def make_context(args: argparse.Namespace) -> RunContext:
     overrides: dict = {}
     if args.device:
         overrides["device"] = args.device
+    if args.engine:
+        overrides["engine"] = args.engine
+    if args.ray_address:
+        overrides["ray"] = {"address": args.ray_address}
+        overrides.setdefault("engine", "ray")
     ft: dict = {}
     if args.folds is not None:
         try:
@@ -163,6 +174,10 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, ConfigError, RunBusy) as exc:
         log.error("%s", exc)
         return 2
+    except UnitFailed as exc:
+        log.error("%s; finished units are cached: run again to resume", exc)
+        log.debug("traceback of the error above", exc_info=True)
+        return 1
     except OSError as exc:
         log.error("%s", os_error_message(exc))
         log.debug("traceback of the error above", exc_info=True)

@@ -234,6 +234,19 @@ class FinetuneConfig:
 
 
 @dataclass(frozen=True)
+class RayConfig:
+    """Settings of ``engine: ray`` (pipeline.executors.ray); none is part of a cache key."""
+
+    # Cluster to join ("<head host>:6379" or "auto"); None = RAY_ADDRESS if set, else a
+    # Ray instance started inside this process and stopped at the end of the run.
+    address: str | None = None
+    # CPUs of that local instance; None = every CPU of this machine.
+    num_cpus: int | None = None
+    # Times a unit is retried when its worker process dies, before the run stops.
+    max_retries: int = 3
+
+
+@dataclass(frozen=True)
 class Config:
     # Experiment name: the YAML file's stem, "default" without one.
     name: str = "default"
@@ -241,6 +254,11 @@ class Config:
     device: str = "auto"
     # Global seed for anything random outside the per-stage seeds.
     seed: int = 0
+    # Where the independent units of the heavy loops run (pipeline.executors): "local"
+    # (this process, one after another) or "ray" (tasks on a local or joined Ray
+    # cluster). Results and caches are the same either way.
+    engine: str = "local"
+    ray: RayConfig = field(default_factory=RayConfig)
     embed: EmbedConfig = field(default_factory=EmbedConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)
     stack: StackConfig = field(default_factory=StackConfig)
@@ -370,11 +388,17 @@ RULES: dict[str, tuple[Any, str]] = {
     "finetune.eval_batch_size": _between(1, _INF),
     "finetune.seeds": _NONEMPTY,
     "finetune.max_rows": _between(1, _INF, none=True),
+    "ray.num_cpus": _between(1, _INF, none=True),
+    "ray.max_retries": _between(0, 100),
 }
 
 
 def check_values(cfg: "Config") -> None:
     """ConfigError naming the first setting of RULES whose value is not allowed."""
+    from pipeline.executors.base import known_engines
+
+    if cfg.engine not in known_engines():
+        raise ConfigError(f"engine={cfg.engine!r}: must be one of {', '.join(known_engines())}")
     for key, (ok, allowed) in RULES.items():
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)

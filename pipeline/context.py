@@ -1,6 +1,7 @@
 """What every stage function receives: config, catalog, inputs, device, flags."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from contextlib import contextmanager
@@ -30,6 +31,7 @@ class RunContext:
     out_path: Path | None = None
     _dataset: Dataset | None = field(default=None, repr=False)
     _device: str | None = field(default=None, repr=False)
+    _executor: object | None = field(default=None, repr=False)
 
     @property
     def dataset(self) -> Dataset:
@@ -51,6 +53,27 @@ class RunContext:
             self._device = resolve_device(self.device_request)
             log.info("device: %s", self._device)
         return self._device
+
+    @property
+    def executor(self):
+        """Where the units of the heavy loops run (pipeline.executors), made on first use
+        from ``config.engine``: a warm run that computes nothing never starts Ray."""
+        if self._executor is None:
+            from pipeline.executors.base import make_executor
+
+            opts = dataclasses.asdict(self.config.ray) if self.config.engine == "ray" else {}
+            self._executor = make_executor(self.config.engine, **opts)
+        return self._executor
+
+    def close_executor(self) -> None:
+        """Release the executor (a local Ray instance stops); a later use makes a new one."""
+        if self._executor is not None:
+            ex, self._executor = self._executor, None
+            if getattr(ex, "placements", None):
+                d = ex.describe()
+                log.info("engine %s: %d unit(s) ran in %d worker process(es) on %s", d["engine"],
+                         d["units"], d["worker_processes"], ", ".join(d["hosts"]))
+            ex.close()
 
     @property
     def run_dir(self) -> Path:

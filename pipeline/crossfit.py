@@ -112,19 +112,75 @@ def inner_split(groups: np.ndarray, fraction: float, seed) -> np.ndarray:
     return np.isin(groups, chosen)
 
 
+@dataclass
+class FitResult:
+    """What one (fold, seed) fit gives back to the driver (arrays and bytes only)."""
+
+    fold: int
+    seed: int
+    single: np.ndarray             # [n_held, 3] from the rows' own order (no TTA)
+    pred: np.ndarray               # [n_held, 3] as the member predicts (TTA)
+    test: np.ndarray | None        # [n_test, 3], or None without test rows
+    model: bytes
+    summary: dict
+    importance: pd.Series | None
+
+
+def fit_one(kind: str, params: dict, fm: FoldMatrices, y: np.ndarray, groups: np.ndarray,
+            folds: np.ndarray, k: int, seed: int, swap_augment: bool, swap_tta: bool,
+            inner_valid_fraction: float) -> FitResult:
+    """One unit of cross-fitting (pure; runs wherever the executor puts it): a fresh
+    learner fitted on the rows outside fold ``k`` with ``seed``, predicting fold k and the
+    test rows. Every input comes in as an argument, the seed included, so the result
+    does not depend on the process it ran in."""
+    n = len(y)
+    held = folds == k
+    train_rows = ~held
+    learner = make_learner(kind, params)
+    if learner.uses_inner_split:
+        inner = inner_split(groups[train_rows], inner_valid_fraction, seed=(int(seed), int(k)))
+        inner_mask = np.zeros(n, dtype=bool)
+        inner_mask[np.flatnonzero(train_rows)[inner]] = True
+        fit_rows = train_rows & ~inner_mask
+        Xv, yv, _ = _augment(fm.X, fm.X_swapped, y, groups, inner_mask, swap_augment)
+    else:
+        fit_rows, Xv, yv = train_rows, None, None
+    if uses_pairs(learner, swap_augment):
+        learner.fit_pairs(_rows(fm.X, fit_rows), _rows(fm.X_swapped, fit_rows), y[fit_rows],
+                          groups[fit_rows], int(seed), feature_names=fm.names)
+    else:
+        Xf, yf, gf = _augment(fm.X, fm.X_swapped, y, groups, fit_rows, swap_augment)
+        learner.fit(Xf, yf, gf, int(seed), Xv, yv, feature_names=fm.names)
+    single, pred = predict_orders(learner, _rows(fm.X, held), _rows(fm.X_swapped, held), swap_tta)
+    n_test = fm.X_test.shape[0] if fm.X_test is not None else 0
+    test = predict_tta(learner, fm.X_test, fm.X_test_swapped, swap_tta) if n_test else None
+    return FitResult(int(k), int(seed), single, pred, test, learner.to_bytes(),
+                     learner.summary(), learner.importance(fm.names))
+
+
 def cross_fit(kind: str, params: dict, fold_matrices: Callable[[int, np.ndarray], FoldMatrices],
               y: np.ndarray, folds: np.ndarray, groups: np.ndarray, n_test: int, *,
               seeds: tuple[int, ...] = (0,), swap_augment: bool = True, swap_tta: bool = True,
-              inner_valid_fraction: float = 0.15, progress=None) -> MemberFit:
+              inner_valid_fraction: float = 0.15, progress=None, executor=None,
+              name: str = "member") -> MemberFit:
     """K-fold cross-fitting of one member (pure: matrices in, MemberFit out).
 
     ``fold_matrices(k, train_rows)`` returns the member's matrices for fold k, every view
     fitted on ``train_rows`` (bool [n]) only; y: int labels [n] (0 a, 1 b, 2 tie); folds:
-    int [n]; groups: int [n] prompt groups. Returns: MemberFit; OOF rows of fold k come only
-    from models that never saw fold k, not even for early stopping or choosing C.
+    int [n]; groups: int [n] prompt groups. Each (fold, seed) fit is one unit (``fit_one``,
+    named "<name> fold k seed s") of ``executor`` (pipeline.executors; None = in this
+    process); fold matrices are built here, one fold ahead of the fits where the executor
+    runs units elsewhere, and results are summed in (fold, seed) order, so the outcome is
+    the same on every executor. Returns: MemberFit; OOF rows of fold k come only from
+    models that never saw fold k, not even for early stopping or choosing C.
     """
+    from pipeline.executors.base import Unit
+    from pipeline.executors.local import LocalExecutor
+
+    ex = executor if executor is not None else LocalExecutor()
     y = np.asarray(y, dtype=np.int64)
     groups = np.asarray(groups)
+    folds = np.asarray(folds)
     n = len(y)
     oof = np.zeros((n, N_CLASSES))
     oof_single = np.zeros((n, N_CLASSES))
@@ -132,41 +188,35 @@ def cross_fit(kind: str, params: dict, fold_matrices: Callable[[int, np.ndarray]
     models, summaries, view_states = {}, {}, {}
     importance = None
     fold_ids = np.unique(folds)
-    for k in fold_ids:
-        held = folds == k
-        train_rows = ~held
-        fm = fold_matrices(int(k), train_rows)
-        view_states[int(k)] = fm.states
-        for seed in seeds:
-            learner = make_learner(kind, params)
-            if learner.uses_inner_split:
-                inner = inner_split(groups[train_rows], inner_valid_fraction, seed=(int(seed), int(k)))
-                inner_mask = np.zeros(n, dtype=bool)
-                inner_mask[np.flatnonzero(train_rows)[inner]] = True
-                fit_rows = train_rows & ~inner_mask
-                Xv, yv, _ = _augment(fm.X, fm.X_swapped, y, groups, inner_mask, swap_augment)
-            else:
-                fit_rows, Xv, yv = train_rows, None, None
-            if uses_pairs(learner, swap_augment):
-                learner.fit_pairs(_rows(fm.X, fit_rows), _rows(fm.X_swapped, fit_rows), y[fit_rows],
-                                  groups[fit_rows], int(seed), feature_names=fm.names)
-            else:
-                Xf, yf, gf = _augment(fm.X, fm.X_swapped, y, groups, fit_rows, swap_augment)
-                learner.fit(Xf, yf, gf, int(seed), Xv, yv, feature_names=fm.names)
-            single, pred = predict_orders(learner, _rows(fm.X, held), _rows(fm.X_swapped, held),
-                                          swap_tta)
-            oof[held] += pred / len(seeds)
-            oof_single[held] += single / len(seeds)
-            if n_test:
-                test += predict_tta(learner, fm.X_test, fm.X_test_swapped, swap_tta) / (
-                    len(seeds) * len(fold_ids))
-            models[(int(k), int(seed))] = learner.to_bytes()
-            summaries[(int(k), int(seed))] = learner.summary()
-            imp = learner.importance(fm.names)
-            if imp is not None:
-                importance = imp if importance is None else importance.add(imp, fill_value=0.0)
-            if progress is not None:
-                progress.update(1)
+    template = make_learner(kind, params)
+    cpus = float(getattr(template, "threads", lambda: 1)())
+    shared = [ex.share(a) for a in (y, groups, folds)]
+
+    def units():
+        for k in fold_ids:
+            fm = fold_matrices(int(k), folds != k)
+            view_states[int(k)] = fm.states
+            # Workers get the matrices without the fitted states' bytes (the driver keeps them).
+            handle = ex.share(FoldMatrices(fm.X, fm.X_swapped, fm.X_test, fm.X_test_swapped,
+                                           fm.names))
+            for seed in seeds:
+                yield Unit(f"{name} fold {int(k)} seed {int(seed)}",
+                           (kind, params, handle, *shared, int(k), int(seed), swap_augment,
+                            swap_tta, inner_valid_fraction), cpus=cpus)
+
+    for r in ex.map(fit_one, units()):
+        held = folds == r.fold
+        oof[held] += r.pred / len(seeds)
+        oof_single[held] += r.single / len(seeds)
+        if n_test:
+            test += r.test / (len(seeds) * len(fold_ids))
+        models[(r.fold, r.seed)] = r.model
+        summaries[(r.fold, r.seed)] = r.summary
+        if r.importance is not None:
+            importance = r.importance if importance is None else importance.add(r.importance,
+                                                                                 fill_value=0.0)
+        if progress is not None:
+            progress.update(1)
     if importance is not None:
         importance = importance.sort_values(ascending=False)
     return MemberFit(oof=normalize_proba(oof, 1e-12),

@@ -362,14 +362,21 @@ class EmbeddingCache:
 # --------------------------------------------------------------------------- encoding
 
 
-def encode_missing(cache: EmbeddingCache, texts: Sequence[str], encoder: Encoder,
+def encode_missing(cache: EmbeddingCache, texts: Sequence[str], encoder: Encoder | None,
                    chunk_size: int, progress: bool = True, hashes: Sequence[str] | None = None,
-                   desc: str = "embed") -> int:
+                   desc: str = "embed", executor=None, make_encoder: Callable | None = None,
+                   workers: int = 1, cpus: float = 1.0, gpus: float = 0.0) -> int:
     """Encode the texts ``cache`` lacks, ``chunk_size`` at a time, each chunk saved at once.
 
     ``encoder``: any callable list[str] -> float array [n, dim]. Unique missing texts are
-    sorted longest first, then chunked. Returns: the number of texts encoded.
+    sorted longest first, then chunked. With an ``executor`` (pipeline.executors) each
+    chunk is a unit on up to ``workers`` workers that each build their encoder once with
+    ``make_encoder`` (holding ``cpus`` / ``gpus``); the chunks come back in order and are
+    written here, so this process stays the cache's only writer. Returns: the number of
+    texts encoded.
     """
+    from pipeline.executors.base import Unit
+
     if chunk_size < 1:
         raise ValueError(f"embed.chunk_size must be >= 1, got {chunk_size}")
     hashes = hash_texts(texts) if hashes is None else hashes
@@ -380,11 +387,16 @@ def encode_missing(cache: EmbeddingCache, texts: Sequence[str], encoder: Encoder
         if h in todo and todo[h] is None:
             todo[h] = t
     order = sorted(todo, key=lambda h: -len(todo[h]))
+    chunks = [order[start:start + chunk_size] for start in range(0, len(order), chunk_size)]
+    if executor is None:
+        results = (encoder([todo[h] for h in part]) for part in chunks)
+    else:
+        units = (Unit(f"{desc} chunk {i + 1}/{len(chunks)}", ([todo[h] for h in part],))
+                 for i, part in enumerate(chunks))
+        results = executor.map_stateful(make_encoder, units, workers=workers, cpus=cpus, gpus=gpus)
     with Progress(len(order), desc, unit="text", enabled=progress) as bar:
-        for start in range(0, len(order), chunk_size):
-            part = order[start:start + chunk_size]
-            vectors = np.asarray(encoder([todo[h] for h in part]))
-            cache.add_chunk(part, vectors)
+        for part, vectors in zip(chunks, results):
+            cache.add_chunk(part, np.asarray(vectors))
             bar.update(len(part))
     return len(order)
 
@@ -403,12 +415,14 @@ class EmbedStats:
 
 
 def embed_texts(cache: EmbeddingCache, texts: Sequence[str], make_encoder: Callable[[], Encoder],
-                chunk_size: int, progress: bool = True,
-                desc: str = "embed") -> tuple[np.ndarray, EmbedStats]:
+                chunk_size: int, progress: bool = True, desc: str = "embed", executor=None,
+                workers: int = 1, cpus: float = 1.0,
+                gpus: float = 0.0) -> tuple[np.ndarray, EmbedStats]:
     """Vectors of ``texts`` from ``cache``, computing (under a file lock) only what is missing.
 
     ``make_encoder`` is called only when something is missing (so a warm run never loads a
-    model). Returns: (float32 [len(texts), dim] aligned to ``texts``, stats).
+    model); with an ``executor`` it runs once in each of its workers (see encode_missing).
+    Returns: (float32 [len(texts), dim] aligned to ``texts``, stats).
     """
     t0 = time.perf_counter()
     hashes = hash_texts(texts)
@@ -419,8 +433,14 @@ def embed_texts(cache: EmbeddingCache, texts: Sequence[str], make_encoder: Calla
             cache.reload()  # another process may have added chunks while we waited
             cache.remove_stale_temp()
             if cache.missing(hashes):
-                computed = encode_missing(cache, texts, make_encoder(), chunk_size, progress,
-                                          hashes=hashes, desc=desc)
+                if executor is None:
+                    computed = encode_missing(cache, texts, make_encoder(), chunk_size, progress,
+                                              hashes=hashes, desc=desc)
+                else:
+                    computed = encode_missing(cache, texts, None, chunk_size, progress,
+                                              hashes=hashes, desc=desc, executor=executor,
+                                              make_encoder=make_encoder, workers=workers,
+                                              cpus=cpus, gpus=gpus)
     vectors = cache.get(hashes)
     stats = EmbedStats(texts=len(texts), unique=unique, cached=unique - computed,
                        computed=computed, seconds=time.perf_counter() - t0)
@@ -770,11 +790,27 @@ def open_cache(ctx, model: str) -> EmbeddingCache:
 
 def _embed(ctx, cache: EmbeddingCache, texts: list[str], model: str,
            progress: bool = True) -> tuple[np.ndarray, EmbedStats]:
+    """Embed through the run's executor: in this process (local engine), or on workers
+    that each load the model once: one per GPU of the cluster when embedding on GPUs,
+    else one per machine-sized share of its CPUs."""
+    import functools
+    import os
+
     cfg = ctx.config.embed
-    return embed_texts(cache, texts, lambda: model_encoder(cfg, model, ctx.device,
-                                                         ctx.catalog.stage_cache("models")),
-                       batch_and_chunk(cfg, ctx.device)[1], progress=progress,
-                       desc=f"embed {slug(model)}")
+    if ctx.config.engine == "local":
+        return embed_texts(cache, texts, lambda: model_encoder(cfg, model, ctx.device,
+                                                             ctx.catalog.stage_cache("models")),
+                           batch_and_chunk(cfg, ctx.device)[1], progress=progress,
+                           desc=f"embed {slug(model)}")
+    ex = ctx.executor
+    gpus = float(getattr(ex, "gpus", 0.0))
+    device = "cuda" if gpus >= 1 and ctx.device_request in ("auto", "cuda") else ctx.device
+    cpus = float(os.cpu_count() or 1)
+    workers = int(gpus) if device == "cuda" else max(1, int(getattr(ex, "cpus", cpus) // cpus))
+    factory = functools.partial(model_encoder, cfg, model, device, ctx.catalog.stage_cache("models"))
+    return embed_texts(cache, texts, factory, batch_and_chunk(cfg, device)[1], progress=progress,
+                       desc=f"embed {slug(model)}", executor=ex, workers=workers,
+                       cpus=1.0 if device == "cuda" else cpus, gpus=1.0 if device == "cuda" else 0.0)
 
 
 def embeddings_for(ctx, frame: pd.DataFrame, model: str) -> dict[str, np.ndarray]:

@@ -13,6 +13,7 @@ name selects one model's group.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import time
@@ -157,27 +158,41 @@ def _embeddings(ctx, frame: pd.DataFrame, model: str) -> dict[str, np.ndarray]:
 
 
 class _Computer:
-    """Computes groups of one frame, building the shared TextView at most once."""
+    """Computes groups of one frame, building the shared TextView at most once.
+
+    An executor unit (pipeline.executors): pickled without the run context, since a
+    worker gets every embedding it needs as an argument (the driver reads them, and
+    computes any missing ones, so it stays the only writer of the embed cache).
+    """
 
     def __init__(self, ctx, frame: pd.DataFrame,
                  make_counter: Callable[[str], TokenCounter] | None = None,
                  get_embeddings: Callable | None = None):
         self.ctx, self.frame = ctx, frame
+        self.config = ctx.config
         self.ids = frame["id"].astype(str).tolist()
         self._view: TextView | None = None
         # Looked up at call time so tests can swap in counting fakes.
         self.make_counter = make_counter or token_counter
         self.get_embeddings = get_embeddings or _embeddings
 
-    def __call__(self, spec: GroupSpec) -> pd.DataFrame:
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "ctx": None, "_view": None}
+
+    def inputs(self, spec: GroupSpec) -> dict | None:
+        """What the driver gathers for a unit: the embeddings of an embedding group."""
+        return None if spec.model is None else self.get_embeddings(self.ctx, self.frame, spec.model)
+
+    def __call__(self, spec: GroupSpec, arrays: dict | None = None) -> pd.DataFrame:
         if spec.model is not None:
-            arrays = self.get_embeddings(self.ctx, self.frame, spec.model)
+            if arrays is None:
+                arrays = self.inputs(spec)
             return emb_features.embedding_features(arrays, self.ids, spec.name,
-                                                   self.ctx.config.features.embed_diff_dims)
+                                                   self.config.features.embed_diff_dims)
         if self._view is None:
-            self._view = TextView(self.frame, self.ctx.config.embed.turn_sep)
+            self._view = TextView(self.frame, self.config.embed.turn_sep)
         group = TEXT_GROUPS[spec.name]
-        counter = self.make_counter(tokenizer_name(self.ctx.config)) if group.uses_tokenizer else None
+        counter = self.make_counter(tokenizer_name(self.config)) if group.uses_tokenizer else None
         return group.compute(self._view, self.ids, counter)
 
 
@@ -207,34 +222,52 @@ def features_for(ctx, frame: pd.DataFrame, groups: Sequence[str] | None = None) 
 
 def _split_features(ctx, split: str, frame: pd.DataFrame, specs: list[GroupSpec],
                     compute: _Computer, stats: dict) -> pd.DataFrame:
+    """Every group of one split: read from the cache, or computed as units of the run's
+    executor (one per missing group) and written here, by the driver, as they arrive."""
+    from pipeline.executors.base import Unit
+
     folder = ctx.catalog.stage_cache(STAGE)
     data_hash = frame_hash(frame[["id", *TEXT_COLUMNS]])
-    parts = []
+    paths = {s.name: folder / f"{s.name}-{split}-{hash_key(s.name, s.key_parts, data_hash)}.parquet"
+             for s in specs}
+    parts: dict[str, pd.DataFrame] = {}
     for spec in specs:
-        key = hash_key(spec.name, spec.key_parts, data_hash)
-        path = folder / f"{spec.name}-{split}-{key}.parquet"
-        df = None if ctx.force else _read_cached(path, frame)
+        df = None if ctx.force else _read_cached(paths[spec.name], frame)
         if df is not None:
+            parts[spec.name] = df
             stats["hits"] += 1
             log.debug("features %s/%s: read %d rows x %d columns from cache %s", spec.name, split,
-                     len(df), df.shape[1] - 1, path.name)
-        else:
-            with file_lock(path.with_name(path.name + ".lock")):
-                df = None if ctx.force else _read_cached(path, frame)
-                if df is None:
-                    t0 = time.perf_counter()
-                    df = compute(spec)
-                    seconds = time.perf_counter() - t0
-                    write_parquet_atomic(path, df)
-                    write_provenance(path, {"group": spec.name, **spec.key_parts}, rows=len(df),
-                                     split=split, data_hash=data_hash, seconds=round(seconds, 3),
-                                     columns=df.shape[1] - 1)
-                    stats["computed"] += 1
-                    log.debug("features %s/%s: computed %d rows x %d columns in %.2fs "
-                             "(%.0f rows/s) -> %s", spec.name, split, len(df), df.shape[1] - 1,
-                             seconds, len(df) / max(seconds, 1e-9), path.name)
-        parts.append(df)
-    return _join(frame["id"], parts)
+                      len(df), df.shape[1] - 1, paths[spec.name].name)
+    todo = [s for s in specs if s.name not in parts]
+    if todo:
+        with contextlib.ExitStack() as locks:
+            for spec in sorted(todo, key=lambda s: str(paths[s.name])):  # one order: no deadlock
+                locks.enter_context(file_lock(paths[spec.name].with_name(paths[spec.name].name + ".lock")))
+            for spec in todo:  # another process may have written it while we waited
+                df = None if ctx.force else _read_cached(paths[spec.name], frame)
+                if df is not None:
+                    parts[spec.name] = df
+                    stats["hits"] += 1
+            todo = [s for s in todo if s.name not in parts]
+            ex = ctx.executor if todo else None
+            fn = ex.share(compute) if todo else None
+            units = (Unit(f"features {spec.name}/{split}", (spec, compute.inputs(spec)))
+                     for spec in todo)
+            t0 = time.perf_counter()
+            for spec, df in zip(todo, ex.map(fn, units) if todo else ()):
+                seconds = time.perf_counter() - t0
+                path = paths[spec.name]
+                write_parquet_atomic(path, df)
+                write_provenance(path, {"group": spec.name, **spec.key_parts}, rows=len(df),
+                                 split=split, data_hash=data_hash, seconds=round(seconds, 3),
+                                 columns=df.shape[1] - 1)
+                parts[spec.name] = df
+                stats["computed"] += 1
+                log.debug("features %s/%s: computed %d rows x %d columns in %.2fs "
+                          "(%.0f rows/s) -> %s", spec.name, split, len(df), df.shape[1] - 1,
+                          seconds, len(df) / max(seconds, 1e-9), path.name)
+                t0 = time.perf_counter()
+    return _join(frame["id"], [parts[s.name] for s in specs])
 
 
 def _read_cached(path, frame: pd.DataFrame) -> pd.DataFrame | None:

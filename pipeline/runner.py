@@ -59,12 +59,15 @@ def execute(ctx: RunContext, stage: str = "all", wait: bool = True,
     # While stages run, log lines are written through tqdm, so they never break a bar.
     with (contextlib.nullcontext() if stage == "report"
           else run_lock(ctx.catalog, experiment, wait=wait)), logging_redirect_tqdm():
-        for st in stages_for(stage, bool(in_all)):
-            t0 = time.perf_counter()
-            log.info("== stage %s: %s", st.name, st.help)
-            st.load()(ctx)
-            ran.append(st.name)
-            log.info("== stage %s finished in %.1fs", st.name, time.perf_counter() - t0)
+        try:
+            for st in stages_for(stage, bool(in_all)):
+                t0 = time.perf_counter()
+                log.info("== stage %s: %s", st.name, st.help)
+                st.load()(ctx)
+                ran.append(st.name)
+                log.info("== stage %s finished in %.1fs", st.name, time.perf_counter() - t0)
+        finally:
+            ctx.close_executor()
     log.info("all done in %.1fs (experiment %r, workdir %s)", time.perf_counter() - t_all,
              ctx.config.name, ctx.catalog.workdir)
     if "stack" not in ran:

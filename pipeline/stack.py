@@ -437,7 +437,8 @@ def fit_member_cached(ctx, spec: MemberSpec, inp: StackInputs, stats: dict | Non
                     fit = cross_fit(spec.kind, params, build, inp.y, inp.folds, inp.groups,
                                     len(inp.test_ids), seeds=tuple(cfg.seeds),
                                     swap_augment=cfg.swap_augment, swap_tta=cfg.swap_tta,
-                                    inner_valid_fraction=cfg.inner_valid_fraction, progress=bar)
+                                    inner_valid_fraction=cfg.inner_valid_fraction, progress=bar,
+                                    executor=ctx.executor, name=f"stack {spec.name}")
                 elapsed = time.perf_counter() - t0
                 _save_member(path, fit, cls.suffix, inp.train_ids, inp.folds, inp.test_ids,
                              {"name": spec.name, "kind": spec.kind, "inputs": spec.inputs,

@@ -51,6 +51,8 @@ class Learner(Protocol):
     #   fit_pairs(X, X_swapped, y, groups, seed, feature_names=None) -> self;
     #   pair_fitted: bool attribute, True when predictions need predict_pairs;
     #   predict_pairs(X, X_swapped) -> [n, 3]: the prediction from both orders.
+    # Optional: threads() -> int, the CPUs one fit keeps busy (an executor asks a
+    # machine for that many; 1 when absent).
 
     def config(self) -> dict:
         """Every param the learner fits with, defaults resolved (JSON values): cache keys

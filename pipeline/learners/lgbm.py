@@ -174,6 +174,10 @@ class LGBMLearner:
     def uses_inner_split(self) -> bool:
         return self.early_stopping
 
+    def threads(self) -> int:
+        """CPUs one fit keeps busy (what an executor asks a machine for)."""
+        return int(self.overrides.get("num_threads") or os.cpu_count() or 1)
+
     def fit(self, X, y, groups, seed, X_valid=None, y_valid=None, feature_names=None):
         """Boost on X; with X_valid, early-stop on it (and with refit, retrain on both)."""
         n_rows = X.shape[0]

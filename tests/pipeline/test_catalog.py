@@ -10,9 +10,10 @@ import time
 import pandas as pd
 import pytest
 
-from pipeline.catalog import (atomic_path, cached, file_lock, frame_hash, hash_key,
-                              provenance_path, read_json, read_parquet_checked,
-                              sweep_stale_temp_files, write_parquet_atomic)
+from pipeline.catalog import (WorkerWriteError, atomic_path, cached, file_lock, frame_hash,
+                              hash_key, host_tag, provenance_path, read_json,
+                              read_parquet_checked, sweep_stale_temp_files, worker_unit,
+                              write_bytes_atomic, write_parquet_atomic)
 
 
 def test_atomic_path_leaves_nothing_on_failure(tmp_path):
@@ -44,21 +45,39 @@ def test_sweep_removes_only_temp_files_of_dead_writers(tmp_path):
     sub = tmp_path / "features"
     sub.mkdir()
     with atomic_path(sub / "live.parquet") as live:  # this process: a writer still at work
-        assert f".live.parquet.{os.getpid()}-" in live.name
+        assert f".live.parquet.{host_tag()}~{os.getpid()}-" in live.name
         live.write_text("in progress")
-        dead = sub / f".x.parquet.{_dead_pid()}-abc123.tmp"
+        gone = _dead_pid()
+        dead = sub / f".x.parquet.{host_tag()}~{gone}-abc123.tmp"
+        dead_old_name = sub / f".w.parquet.{gone}-abc124.tmp"  # before names held the host
+        # Another machine writing into a shared workdir: its pid means nothing here.
+        other_host = sub / f".v.parquet.someotherhost~{gone}-abc125.tmp"
         old = sub / ".y.parquet.legacy.tmp"  # no pid (older naming): swept after a day
         recent = sub / ".z.parquet.legacy2.tmp"
         keep = [sub / "a.parquet", sub / "notes.tmp", sub / ".hidden"]
-        for f in (dead, old, recent, *keep):
+        for f in (dead, dead_old_name, other_host, old, recent, *keep):
             f.write_text("x")
         two_days = time.time() - 2 * 24 * 3600
         os.utime(old, (two_days, two_days))
         removed = sweep_stale_temp_files(tmp_path)
-        assert sorted(removed) == sorted([dead, old])
-        assert live.exists() and recent.exists() and all(f.exists() for f in keep)
+        assert sorted(removed) == sorted([dead, dead_old_name, old])
+        assert live.exists() and recent.exists() and other_host.exists()
+        assert all(f.exists() for f in keep)
     assert (sub / "live.parquet").read_text() == "in progress"
     assert sweep_stale_temp_files(tmp_path / "missing") == []
+
+
+def test_a_unit_in_a_worker_cannot_write(tmp_path):
+    """The single-writer rule: inside worker_unit every atomic write raises, naming the
+    unit and the file; the driver writes again once the unit is over."""
+    with worker_unit("stack m fold 0 seed 0"):
+        with pytest.raises(WorkerWriteError, match="stack m fold 0 seed 0"):
+            write_bytes_atomic(tmp_path / "x.bin", b"1")
+        with pytest.raises(WorkerWriteError, match="x.parquet"):
+            write_parquet_atomic(tmp_path / "x.parquet", pd.DataFrame({"a": [1]}))
+    assert not list(tmp_path.iterdir())
+    write_bytes_atomic(tmp_path / "x.bin", b"1")
+    assert (tmp_path / "x.bin").read_bytes() == b"1"
 
 
 def test_read_parquet_checked_rejects_corrupt_truncated_and_short(tmp_path):

@@ -1,0 +1,1 @@
+"""Executors: where the independent units of the heavy loops run (see ``base``)."""

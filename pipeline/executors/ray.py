@@ -1,0 +1,201 @@
+"""The Ray engine (``engine: ray``, ``--engine ray``): units run as Ray tasks or actors.
+
+Without an address a local Ray instance is started inside this process (nothing to
+install or start beforehand) and stopped at the end of the run; with ``ray.address``,
+``--ray-address`` or ``RAY_ADDRESS`` the run joins a running cluster (``ray start
+--head`` on one machine, ``ray start --address <head:port>`` on the others). Every
+machine then needs the project installed and the workdir at the same path on a shared
+filesystem.
+
+- A unit is a task asking for its ``cpus`` and ``gpus``; results come back in the units'
+  order, at most ``window`` in flight (the driver builds the next units' inputs while
+  earlier ones run).
+- Stateful work (a model loaded once) runs on a pool of actors, each holding its CPUs /
+  GPUs.
+- A task whose worker process dies (killed, out of memory, node lost) is retried by Ray
+  up to ``max_retries`` times; a unit that keeps failing stops the run with UnitFailed
+  naming it. An exception raised by the unit's own code is not retried (it would only
+  repeat) and comes back with its type, noted with the unit's name.
+- Units run under ``catalog.worker_unit``: a write into the workdir raises there, so the
+  driver stays the only writer of every cache.
+"""
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import socket
+from typing import Callable, Iterable, Iterator
+
+from pipeline.executors.base import Executor, Unit, UnitFailed, name_failure
+
+log = logging.getLogger(__name__)
+
+
+def _run_unit(fn: Callable, unit: str, *args):
+    """Runs in a Ray worker: fn(*args) under the single-writer guard, with where it ran."""
+    from pipeline.catalog import worker_unit
+
+    with worker_unit(unit):
+        return fn(*args), (socket.gethostname(), os.getpid())
+
+
+class _Holder:
+    """An actor holding ``factory()`` (a loaded model), called once per unit."""
+
+    def __init__(self, factory: Callable[[], Callable]):
+        from pipeline.catalog import worker_unit
+
+        with worker_unit("actor start"):
+            self.obj = factory()
+
+    def run(self, unit: str, *args):
+        from pipeline.catalog import worker_unit
+
+        with worker_unit(unit):
+            return self.obj(*args), (socket.gethostname(), os.getpid())
+
+
+def _system_errors() -> tuple[type, ...]:
+    import ray.exceptions as rex
+
+    names = ("WorkerCrashedError", "NodeDiedError", "ActorDiedError", "ActorUnavailableError",
+             "ObjectLostError", "OwnerDiedError", "TaskCancelledError", "RayActorError",
+             "OutOfMemoryError", "LocalRayletDiedError")
+    return tuple(getattr(rex, n) for n in names if hasattr(rex, n))
+
+
+class RayExecutor(Executor):
+    """Units as Ray tasks (``map``) or on actors (``map_stateful``)."""
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None, num_cpus: int | None = None,
+                 max_retries: int = 3, window: int | None = None, **_ignored):
+        try:
+            import ray
+        except ImportError:
+            raise ImportError("engine ray needs Ray: pip install -e '.[ray]' (or "
+                              "pip install 'ray>=2.40')") from None
+        self.max_retries = int(max_retries)
+        self.placements: list[tuple[str, str, int]] = []  # (unit, host, pid), in order
+        self._started = False
+        if not ray.is_initialized():
+            address = address or os.environ.get("RAY_ADDRESS") or None
+            kw = dict(include_dashboard=False, log_to_driver=True, logging_level=logging.WARNING)
+            if address:
+                ray.init(address=address, **kw)
+                log.info("engine ray: joined the cluster at %s", address)
+            else:
+                ray.init(num_cpus=num_cpus, **kw)
+                log.info("engine ray: started a local Ray instance")
+            self._started = True
+        res = ray.cluster_resources()
+        self.cpus, self.gpus = float(res.get("CPU", 1)), float(res.get("GPU", 0))
+        self.nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+        self.window = int(window or max(2, int(self.cpus) + 1))
+        log.info("engine ray: %d node(s), %g CPU(s), %g GPU(s)", self.nodes, self.cpus, self.gpus)
+
+    def share(self, obj):
+        import ray
+
+        return ray.put(obj)
+
+    def _fit(self, cpus: float, gpus: float) -> tuple[float, float]:
+        """A request the cluster can ever grant (a unit asking for 16 threads on a 2-CPU
+        cluster gets 2)."""
+        return min(cpus, self.cpus), min(gpus, self.gpus) if gpus else 0.0
+
+    def _collect(self, submit, units: Iterable[Unit]) -> Iterator:
+        import ray
+        from ray.exceptions import RayTaskError
+
+        system = _system_errors()
+        pending: collections.deque = collections.deque()
+        it = iter(units)
+        exhausted = False
+
+        def fill():
+            nonlocal exhausted
+            while not exhausted and len(pending) < self.window:
+                unit = next(it, None)
+                if unit is None:
+                    exhausted = True
+                else:
+                    pending.append((unit, submit(unit)))
+
+        fill()
+        while pending:
+            unit, ref = pending.popleft()
+            try:
+                result, (host, pid) = ray.get(ref)
+            except RayTaskError as exc:
+                cause = getattr(exc, "cause", None)
+                if isinstance(cause, system):
+                    raise UnitFailed(unit.name, f"{type(cause).__name__} after "
+                                     f"{self.max_retries} retries: {cause}") from exc
+                if isinstance(cause, BaseException):
+                    raise name_failure(cause, unit.name) from None
+                raise UnitFailed(unit.name, str(exc)) from exc
+            except system as exc:
+                raise UnitFailed(unit.name, f"{type(exc).__name__} after {self.max_retries} "
+                                 f"retries: {exc}") from exc
+            self.placements.append((unit.name, host, pid))
+            fill()
+            yield result
+
+    def map(self, fn: Callable, units: Iterable[Unit]) -> Iterator:
+        import ray
+
+        task = ray.remote(_run_unit)
+
+        def submit(unit: Unit):
+            cpus, gpus = self._fit(unit.cpus, unit.gpus)
+            return task.options(num_cpus=cpus, num_gpus=gpus, max_retries=self.max_retries,
+                                retry_exceptions=False, name=unit.name[:100]).remote(
+                fn, unit.name, *unit.args)
+
+        return self._collect(submit, units)
+
+    def map_stateful(self, factory: Callable[[], Callable], units: Iterable[Unit], *,
+                     workers: int = 1, cpus: float = 1.0, gpus: float = 0.0) -> Iterator:
+        import ray
+
+        cpus, gpus = self._fit(cpus, gpus)
+        limit = int(self.gpus // gpus) if gpus else int(self.cpus // max(cpus, 1e-9))
+        n = max(1, min(int(workers), max(limit, 1)))
+        actor = ray.remote(_Holder).options(num_cpus=cpus, num_gpus=gpus,
+                                            max_restarts=self.max_retries,
+                                            max_task_retries=self.max_retries)
+        actors: list = []
+        count = 0
+
+        def submit(unit: Unit):
+            nonlocal count
+            if len(actors) < n:  # started on the first units only: no work, no model loaded
+                actors.append(actor.remote(factory))
+            a = actors[count % len(actors)]
+            count += 1
+            return a.run.remote(unit.name, *unit.args)
+
+        try:
+            yield from self._collect(submit, units)
+        finally:
+            for a in actors:
+                ray.kill(a)
+
+    def describe(self) -> dict:
+        hosts = sorted({h for _, h, _ in self.placements})
+        return {"engine": self.name, "nodes": self.nodes, "cpus": self.cpus, "gpus": self.gpus,
+                "units": len(self.placements), "hosts": hosts,
+                "worker_processes": len({(h, p) for _, h, p in self.placements})}
+
+    def close(self) -> None:
+        import ray
+
+        if self._started and ray.is_initialized():
+            ray.shutdown()
+        self._started = False
+
+
+EXECUTOR = RayExecutor
