@@ -142,6 +142,18 @@ def worker_unit(name: str) -> Iterator[None]:
         _WORKER_UNIT = before
 
 
+@contextlib.contextmanager
+def unit_may_write() -> Iterator[None]:
+    """Lift the single-writer guard for the code inside: a unit's own large output that
+    is never sent back (a fine-tune fold's weights), written atomically as always."""
+    global _WORKER_UNIT
+    before, _WORKER_UNIT = _WORKER_UNIT, None
+    try:
+        yield
+    finally:
+        _WORKER_UNIT = before
+
+
 class WorkerWriteError(RuntimeError):
     """A unit running in a worker tried to write into the workdir."""
 

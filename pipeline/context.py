@@ -65,14 +65,24 @@ class RunContext:
             self._executor = make_executor(self.config.engine, **opts)
         return self._executor
 
+    def unit_device(self) -> tuple[str, float]:
+        """(torch device, GPUs per unit) for units of GPU work (embedding, fine-tune
+        folds): on a Ray cluster with GPUs, "cuda" and one GPU each, even when this
+        driver has none (unless --device cpu); otherwise this process's device."""
+        gpus = float(getattr(self.executor, "gpus", 0.0))
+        if self.config.engine != "local" and gpus >= 1 and self.device_request in ("auto", "cuda"):
+            return "cuda", 1.0
+        return self.device, 1.0 if self.device.startswith("cuda") else 0.0
+
     def close_executor(self) -> None:
         """Release the executor (a local Ray instance stops); a later use makes a new one."""
         if self._executor is not None:
             ex, self._executor = self._executor, None
             if getattr(ex, "placements", None):
                 d = ex.describe()
-                log.info("engine %s: %d unit(s) ran in %d worker process(es) on %s", d["engine"],
-                         d["units"], d["worker_processes"], ", ".join(d["hosts"]))
+                log.info("engine %s: %d unit(s) ran in %d worker process(es); units per node: %s",
+                         d["engine"], d["units"], d["worker_processes"],
+                         ", ".join(f"{n} {c}" for n, c in d["units_per_node"].items()))
             ex.close()
 
     @property

@@ -797,20 +797,20 @@ def _embed(ctx, cache: EmbeddingCache, texts: list[str], model: str,
     import os
 
     cfg = ctx.config.embed
-    if ctx.config.engine == "local":
+    # Nothing to encode (a warm cache): no executor is started for it.
+    if ctx.config.engine == "local" or not cache.missing(hash_texts(texts)):
         return embed_texts(cache, texts, lambda: model_encoder(cfg, model, ctx.device,
                                                              ctx.catalog.stage_cache("models")),
                            batch_and_chunk(cfg, ctx.device)[1], progress=progress,
                            desc=f"embed {slug(model)}")
     ex = ctx.executor
-    gpus = float(getattr(ex, "gpus", 0.0))
-    device = "cuda" if gpus >= 1 and ctx.device_request in ("auto", "cuda") else ctx.device
+    device, gpus = ctx.unit_device()
     cpus = float(os.cpu_count() or 1)
-    workers = int(gpus) if device == "cuda" else max(1, int(getattr(ex, "cpus", cpus) // cpus))
+    workers = int(getattr(ex, "gpus", 1)) if gpus else max(1, int(getattr(ex, "cpus", cpus) // cpus))
     factory = functools.partial(model_encoder, cfg, model, device, ctx.catalog.stage_cache("models"))
     return embed_texts(cache, texts, factory, batch_and_chunk(cfg, device)[1], progress=progress,
                        desc=f"embed {slug(model)}", executor=ex, workers=workers,
-                       cpus=1.0 if device == "cuda" else cpus, gpus=1.0 if device == "cuda" else 0.0)
+                       cpus=1.0 if gpus else cpus, gpus=gpus)
 
 
 def embeddings_for(ctx, frame: pd.DataFrame, model: str) -> dict[str, np.ndarray]:

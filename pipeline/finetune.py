@@ -42,6 +42,7 @@ Logits are raw (softmax them to get probabilities [a, b, tie]).
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import math
@@ -482,60 +483,108 @@ def _score_with_saved(plan: Plan, k: int, test_fwd, test_swp, pad_id: int, devic
     return np.mean(logits, axis=0).astype(np.float32)
 
 
-def _train_fold(plan: Plan, k: int, packed: dict, pad_id: int, device: str) -> None:
-    """Train fold k (every seed), save its models, test logits, metrics, then OOF logits."""
-    cfg = plan.cfg
+def _fold_rows(plan: Plan, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training rows, validation rows) of fold k; ValueError when either is empty."""
     is_val = plan.train["fold"].to_numpy() == k
     tr, va = np.flatnonzero(~is_val), np.flatnonzero(is_val)
     if not len(va) or not len(tr):
         raise ValueError(f"fold {k} has {len(va)} validation and {len(tr)} training rows of the "
                          f"{len(plan.train)} used; raise finetune.max_rows or lower stack.n_folds")
+    return tr, va
+
+
+def train_seed(plan: Plan, k: int, seed: int, packed: dict, pad_id: int, device: str) -> dict:
+    """One unit of the stage (pipeline.executors): fold k trained with ``seed``; its
+    weights are saved (by the unit itself, atomically: a fold model can be gigabytes, so
+    it is not sent back) and its validation and test logits returned.
+
+    Returns: {"seed", "stats", "val": float [n_val, 3], "test": float [n_test, 3],
+    "peak_mb"}.
+    """
+    from pipeline.catalog import unit_may_write
+
+    cfg = plan.cfg
+    tr, va = _fold_rows(plan, k)
     amp_dtype, _ = resolve_amp(cfg.precision, device)
     labels = plan.train["label"].to_numpy()
     fwd, swp = packed["train"]
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    val_logits, test_logits, seed_stats = [], [], []
-    for seed in cfg.seeds:
-        torch.manual_seed(seed)
-        model = build_classifier(model_spec(cfg, plan.decoder), base_dtype=amp_dtype, pad_token_id=pad_id)
-        if cfg.gradient_checkpointing:
-            model.enable_gradient_checkpointing()
-        if cfg.freeze_embeddings and not cfg.lora:
-            model.backbone.get_input_embeddings().requires_grad_(False)
-        model.to(device)
-        stats = train_model(model, [fwd[i] for i in tr], [swp[i] for i in tr], labels[tr], cfg,
-                            pad_id, device, seed, desc=f"fold {k} seed {seed}")
+    torch.manual_seed(seed)
+    model = build_classifier(model_spec(cfg, plan.decoder), base_dtype=amp_dtype, pad_token_id=pad_id)
+    if cfg.gradient_checkpointing:
+        model.enable_gradient_checkpointing()
+    if cfg.freeze_embeddings and not cfg.lora:
+        model.backbone.get_input_embeddings().requires_grad_(False)
+    model.to(device)
+    stats = train_model(model, [fwd[i] for i in tr], [swp[i] for i in tr], labels[tr], cfg,
+                        pad_id, device, seed, desc=f"fold {k} seed {seed}")
+    with unit_may_write():
         save_weights(model, plan.fold_dir(k) / f"seed{seed}.pt")
-        val_logits.append(predict_pairs(model, [fwd[i] for i in va], [swp[i] for i in va], pad_id,
-                                        device, cfg.eval_batch_size, cfg.swap_tta, amp_dtype,
-                                        desc=f"fold {k} val", padding_side=cfg.padding_side))
-        test_logits.append(predict_pairs(model, *packed["test"], pad_id, device, cfg.eval_batch_size,
-                                         cfg.swap_tta, amp_dtype, desc=f"fold {k} test",
-                                         padding_side=cfg.padding_side))
-        stats["val_logloss"] = log_loss_of_logits(val_logits[-1], labels[va])
-        seed_stats.append({"seed": seed, **stats})
-        del model
-        gc.collect()
-        if device.startswith("cuda"):
-            torch.cuda.empty_cache()
-    val = np.mean(val_logits, axis=0)
+    val = predict_pairs(model, [fwd[i] for i in va], [swp[i] for i in va], pad_id, device,
+                        cfg.eval_batch_size, cfg.swap_tta, amp_dtype, desc=f"fold {k} val",
+                        padding_side=cfg.padding_side)
+    test = predict_pairs(model, *packed["test"], pad_id, device, cfg.eval_batch_size,
+                         cfg.swap_tta, amp_dtype, desc=f"fold {k} test",
+                         padding_side=cfg.padding_side)
+    stats["val_logloss"] = log_loss_of_logits(val, labels[va])
+    peak = peak_memory_mb(device)
+    del model
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+    return {"seed": seed, "stats": stats, "val": val, "test": test, "peak_mb": peak}
+
+
+def _finish_fold(plan: Plan, k: int, results: list[dict], device: str) -> None:
+    """Fold k's seeds trained: write its test logits, metrics, then OOF logits."""
+    tr, va = _fold_rows(plan, k)
+    labels = plan.train["label"].to_numpy()
+    seed_stats = [{"seed": r["seed"], **r["stats"]} for r in results]
+    val = np.mean([r["val"] for r in results], axis=0)
     metrics = {"fold": k, "n_train": len(tr), "n_val": len(va), "device": device,
                "val_logloss": log_loss_of_logits(val, labels[va]),
-               "peak_memory_mb": round(peak_memory_mb(device), 1),
+               "peak_memory_mb": round(max(r["peak_mb"] for r in results), 1),
                "peak_memory_kind": "cuda max_memory_allocated" if device.startswith("cuda")
                else "process max RSS", "seeds": seed_stats}
     ids = plan.train["id"].to_numpy()
-    write_parquet_atomic(plan.fold_test_path(k), _logit_frame(plan.test["id"], np.mean(test_logits, axis=0)))
+    write_parquet_atomic(plan.fold_test_path(k),
+                         _logit_frame(plan.test["id"], np.mean([r["test"] for r in results], axis=0)))
     write_json_atomic(plan.fold_dir(k) / "metrics.json", metrics)
     # Written last: its presence is what marks the fold finished.
     oof_path = plan.fold_dir(k) / "oof.parquet"
     write_parquet_atomic(oof_path, _logit_frame(ids[va], val, fold=k))
-    write_provenance(oof_path, key_config(cfg), rows=len(va), fold=k, key=plan.key)
+    write_provenance(oof_path, key_config(plan.cfg), rows=len(va), fold=k, key=plan.key)
     epochs = [round(s, 1) for st in seed_stats for s in st["epoch_seconds"]]
     log.info("finetune: fold %d: val log loss %.4f (%d rows), epochs took %s s, peak memory "
              "%.0f MiB (%s)", k, metrics["val_logloss"], len(va), epochs,
              metrics["peak_memory_mb"], metrics["peak_memory_kind"])
+
+
+def _train_folds(ctx, plan: Plan, folds: list[int], packed: dict, pad_id: int) -> None:
+    """Train ``folds`` (every seed) as units of the run's executor: on a Ray cluster
+    with GPUs, K folds train on K GPUs at once. Each fold's files are written as soon as
+    its last seed is back."""
+    import os
+
+    from pipeline.executors.base import Unit
+
+    for k in folds:
+        _fold_rows(plan, k)  # an empty fold fails before anything trains
+    ex = ctx.executor
+    device, gpus = ctx.unit_device()
+    cpus = 1.0 if gpus else float(os.cpu_count() or 1)
+    shared = ex.share(packed)
+    units = [Unit(f"finetune fold {k} seed {seed}", (plan, k, seed, shared, pad_id, device),
+                  cpus=cpus, gpus=gpus) for k in folds for seed in plan.cfg.seeds]
+    done: dict[int, list[dict]] = {k: [] for k in folds}
+    for k in folds:
+        log.info("finetune: fold %d: training (%d seed(s))", k, len(plan.cfg.seeds))
+    for unit, result in zip(units, ex.map(train_seed, units)):
+        k = unit.args[1]
+        done[k].append(result)
+        if len(done[k]) == len(plan.cfg.seeds):
+            _finish_fold(plan, k, done[k], device)
 
 
 def _assemble(plan: Plan) -> tuple[pd.DataFrame, pd.DataFrame] | None:
@@ -593,34 +642,43 @@ def run_stage(ctx) -> None:
     packed: dict[str, tuple] = {}
     pad_id = 0
     counts = plan.train["fold"].value_counts()
-    for k in range(plan.n_folds):
-        with file_lock(plan.fold_dir(k) / ".lock"):
-            done = (not ctx.force or k not in wanted) and _read_logits(
-                plan.fold_dir(k) / "oof.parquet", int(counts.get(k, 0)), with_fold=True) is not None
-            has_test = _read_logits(plan.fold_test_path(k), len(plan.test)) is not None
-            if done and has_test:
-                log.info("finetune: fold %d finished earlier (cached), skipped", k)
-                continue
-            if not done and k not in wanted:
-                log.info("finetune: fold %d not in finetune.folds, skipped", k)
-                continue
-            if tokenizer is None:
-                t_pack = time.perf_counter()
-                tokenizer = load_tokenizer(cfg.model)
-                pad_id = specials_of(tokenizer, plan.decoder).pad
-                pack = dict(tokenizer=tokenizer, max_length=cfg.max_length,
-                            prompt_share=cfg.prompt_share, head_share=cfg.head_share,
-                            decoder=plan.decoder)
-                packed = {"train": encode_pairs(plan.train, **pack), "test": encode_pairs(plan.test, **pack)}
-                log.info("finetune: packed %d train and %d test pairs (max_length %d) in %.1fs",
-                         len(plan.train), len(plan.test), cfg.max_length, time.perf_counter() - t_pack)
-            if done:
-                log.info("finetune: fold %d trained earlier; scoring this test file with its saved models", k)
-                logits = _score_with_saved(plan, k, *packed["test"], pad_id, device)
-                write_parquet_atomic(plan.fold_test_path(k), _logit_frame(plan.test["id"], logits))
-                continue
-            log.info("finetune: fold %d: training (%d seed(s))", k, len(cfg.seeds))
-            _train_fold(plan, k, packed, pad_id, device)
+    with contextlib.ExitStack() as held:  # the locks of the folds this run trains
+        to_train = []
+        for k in range(plan.n_folds):
+            fold_lock = contextlib.ExitStack()
+            fold_lock.enter_context(file_lock(plan.fold_dir(k) / ".lock"))
+            with fold_lock:
+                done = (not ctx.force or k not in wanted) and _read_logits(
+                    plan.fold_dir(k) / "oof.parquet", int(counts.get(k, 0)), with_fold=True) is not None
+                has_test = _read_logits(plan.fold_test_path(k), len(plan.test)) is not None
+                if done and has_test:
+                    log.info("finetune: fold %d finished earlier (cached), skipped", k)
+                    continue
+                if not done and k not in wanted:
+                    log.info("finetune: fold %d not in finetune.folds, skipped", k)
+                    continue
+                if tokenizer is None:
+                    t_pack = time.perf_counter()
+                    tokenizer = load_tokenizer(cfg.model)
+                    pad_id = specials_of(tokenizer, plan.decoder).pad
+                    pack = dict(tokenizer=tokenizer, max_length=cfg.max_length,
+                                prompt_share=cfg.prompt_share, head_share=cfg.head_share,
+                                decoder=plan.decoder)
+                    packed = {"train": encode_pairs(plan.train, **pack),
+                              "test": encode_pairs(plan.test, **pack)}
+                    log.info("finetune: packed %d train and %d test pairs (max_length %d) in %.1fs",
+                             len(plan.train), len(plan.test), cfg.max_length,
+                             time.perf_counter() - t_pack)
+                if done:
+                    log.info("finetune: fold %d trained earlier; scoring this test file with its "
+                             "saved models", k)
+                    logits = _score_with_saved(plan, k, *packed["test"], pad_id, device)
+                    write_parquet_atomic(plan.fold_test_path(k), _logit_frame(plan.test["id"], logits))
+                    continue
+                held.enter_context(fold_lock.pop_all())  # kept until the fold is written
+                to_train.append(k)
+        if to_train:
+            _train_folds(ctx, plan, to_train, packed, pad_id)
     result = _assemble(plan)
     if result is None:
         finished = [k for k in range(plan.n_folds)

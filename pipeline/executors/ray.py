@@ -32,12 +32,19 @@ from pipeline.executors.base import Executor, Unit, UnitFailed, name_failure
 log = logging.getLogger(__name__)
 
 
+def _where() -> tuple[str, int, str]:
+    """(host, pid, Ray node id) of this worker: several nodes may share a host."""
+    import ray
+
+    return socket.gethostname(), os.getpid(), ray.get_runtime_context().get_node_id()[:12]
+
+
 def _run_unit(fn: Callable, unit: str, *args):
     """Runs in a Ray worker: fn(*args) under the single-writer guard, with where it ran."""
     from pipeline.catalog import worker_unit
 
     with worker_unit(unit):
-        return fn(*args), (socket.gethostname(), os.getpid())
+        return fn(*args), _where()
 
 
 class _Holder:
@@ -53,7 +60,7 @@ class _Holder:
         from pipeline.catalog import worker_unit
 
         with worker_unit(unit):
-            return self.obj(*args), (socket.gethostname(), os.getpid())
+            return self.obj(*args), _where()
 
 
 def _system_errors() -> tuple[type, ...]:
@@ -78,7 +85,7 @@ class RayExecutor(Executor):
             raise ImportError("engine ray needs Ray: pip install -e '.[ray]' (or "
                               "pip install 'ray>=2.40')") from None
         self.max_retries = int(max_retries)
-        self.placements: list[tuple[str, str, int]] = []  # (unit, host, pid), in order
+        self.placements: list[tuple[str, str, int, str]] = []  # (unit, host, pid, node), in order
         self._started = False
         if not ray.is_initialized():
             address = address or os.environ.get("RAY_ADDRESS") or None
@@ -128,7 +135,7 @@ class RayExecutor(Executor):
         while pending:
             unit, ref = pending.popleft()
             try:
-                result, (host, pid) = ray.get(ref)
+                result, where = ray.get(ref)
             except RayTaskError as exc:
                 cause = getattr(exc, "cause", None)
                 if isinstance(cause, system):
@@ -140,7 +147,7 @@ class RayExecutor(Executor):
             except system as exc:
                 raise UnitFailed(unit.name, f"{type(exc).__name__} after {self.max_retries} "
                                  f"retries: {exc}") from exc
-            self.placements.append((unit.name, host, pid))
+            self.placements.append((unit.name, *where))
             fill()
             yield result
 
@@ -185,10 +192,12 @@ class RayExecutor(Executor):
                 ray.kill(a)
 
     def describe(self) -> dict:
-        hosts = sorted({h for _, h, _ in self.placements})
+        """Where the units ran: per node (host and Ray node id) the number of units."""
+        per_node = collections.Counter(f"{h}/{node}" for _, h, _, node in self.placements)
         return {"engine": self.name, "nodes": self.nodes, "cpus": self.cpus, "gpus": self.gpus,
-                "units": len(self.placements), "hosts": hosts,
-                "worker_processes": len({(h, p) for _, h, p in self.placements})}
+                "units": len(self.placements), "hosts": sorted({p[1] for p in self.placements}),
+                "units_per_node": dict(sorted(per_node.items())),
+                "worker_processes": len({(p[1], p[2]) for p in self.placements})}
 
     def close(self) -> None:
         import ray

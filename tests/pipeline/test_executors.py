@@ -220,3 +220,39 @@ def test_the_demo_through_ray_equals_in_process_even_with_a_worker_killed(ray_cl
     assert np.abs(oof_r[num].to_numpy() - oof_l[num].to_numpy()).max() <= 1e-9
     cols = [c for c in sub_l.columns if c != "id"]
     assert np.abs(sub_r[cols].to_numpy() - sub_l[cols].to_numpy()).max() <= 1e-9
+
+
+def test_finetune_folds_through_ray_equal_in_process(ray_cluster, tmp_path_factory):
+    """Each (fold, seed) is a unit; its task writes the fold's weights itself (allowed),
+    the driver the logits: the same files and logits as in process."""
+    from pipeline import finetune as FT
+    from pipeline.catalog import Catalog
+    from pipeline.config import Config, apply_overrides
+    from pipeline.context import RunContext
+    from tests.conftest import make_rows, save_tiny_bert
+
+    model = save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+    out = {}
+    for engine in ("local", "ray"):
+        root = tmp_path_factory.mktemp(engine)
+        make_rows(12).to_csv(root / "train.csv", index=False)
+        make_rows(5, with_labels=False, start_id=100).to_csv(root / "test.csv", index=False)
+        cfg = apply_overrides(Config(), {"name": "t", "engine": engine, "stack": {"n_folds": 2},
+                                         "finetune": {"model": model, "max_length": 48,
+                                                      "batch_size": 4, "epochs": 1.0,
+                                                      "seeds": [0, 1], "warmup_ratio": 0.0}})
+        ctx = RunContext(config=cfg, catalog=Catalog(root / "work"), train_path=root / "train.csv",
+                         test_path=root / "test.csv", device_request="cpu")
+        try:
+            FT.run_stage(ctx)
+        finally:
+            ctx.close_executor()
+        member = FT.member_for(ctx)
+        plan = FT.make_plan(ctx)
+        out[engine] = (member, sorted(p.name for k in range(2) for p in plan.fold_dir(k).iterdir()
+                                      if not p.name.startswith(".")))
+    (m_l, files_l), (m_r, files_r) = out["local"], out["ray"]
+    assert files_r == files_l and "seed1.pt" in files_r
+    assert (m_r.oof["id"] == m_l.oof["id"]).all()
+    assert np.abs(m_r.oof[FT.LOGITS].to_numpy() - m_l.oof[FT.LOGITS].to_numpy()).max() <= 1e-9
+    assert np.abs(m_r.test[FT.LOGITS].to_numpy() - m_l.test[FT.LOGITS].to_numpy()).max() <= 1e-9
