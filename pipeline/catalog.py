@@ -21,7 +21,7 @@ import re
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import pandas as pd
 import pyarrow as pa
@@ -419,24 +419,3 @@ def run_lock(catalog: "Catalog", experiment: str, wait: bool = True) -> Iterator
             yield
         finally:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-
-
-def cached(path: Path, compute: Callable[[], pd.DataFrame], config: Any,
-           force: bool = False, expected_rows: int | None = None) -> tuple[pd.DataFrame, bool]:
-    """Read ``path`` if valid, else compute, write atomically with provenance.
-
-    Returns: (frame, hit) where hit says whether it came from the cache.
-    """
-    if not force:
-        df = read_parquet_checked(path, expected_rows=expected_rows)
-        if df is not None:
-            return df, True
-    with file_lock(path.with_name(path.name + ".lock")):
-        if not force:
-            df = read_parquet_checked(path, expected_rows=expected_rows)
-            if df is not None:
-                return df, True
-        df = compute()
-        write_parquet_atomic(path, df)
-        write_provenance(path, config, rows=len(df))
-    return df, False

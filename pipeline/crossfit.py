@@ -47,6 +47,7 @@ class MemberFit:
     # The OOF prediction from the rows' own A/B order only (no TTA): with ``oof``, it shows
     # the member's position bias (pipeline.diagnostics). None in caches written before it.
     oof_single: np.ndarray | None = None
+    seconds: float | None = None           # wall time of the cross-fit (not stored)
 
     @property
     def best_iterations(self) -> dict[tuple[int, int], int]:

@@ -832,15 +832,32 @@ def embeddings_for(ctx, frame: pd.DataFrame, model: str) -> dict[str, np.ndarray
     return {col: vectors[i * n:(i + 1) * n] for i, col in enumerate(TEXT_COLUMNS)}
 
 
+def _all_texts(ctx) -> list[str]:
+    cfg = ctx.config.embed
+    texts = []
+    for frame in (ctx.dataset.train, ctx.dataset.test):
+        by_col = frame_texts(frame, cfg.turn_sep, cfg.max_chars)
+        texts += [t for col in TEXT_COLUMNS for t in by_col[col]]
+    return texts
+
+
+def missing_outputs(ctx) -> str | None:
+    """Which texts of train and test no embed cache holds yet, in words, or None."""
+    hashes = hash_texts(_all_texts(ctx))
+    gaps = []
+    for model in ctx.config.embed.models:
+        n = len(open_cache(ctx, model).missing(hashes))
+        if n:
+            gaps.append(f"{n} of {len(set(hashes))} texts not embedded with {model}")
+    return "; ".join(gaps) or None
+
+
 def run_stage(ctx) -> None:
     """Embed train and test for every configured model; log cache hits, time, texts/s."""
     cfg = ctx.config.embed
     ds = ctx.dataset
     splits = {"train": ds.train, "test": ds.test}
-    texts = []
-    for frame in splits.values():
-        by_col = frame_texts(frame, cfg.turn_sep, cfg.max_chars)
-        texts += [t for col in TEXT_COLUMNS for t in by_col[col]]
+    texts = _all_texts(ctx)
     rows = ", ".join(f"{name} {len(frame)} rows" for name, frame in splits.items())
     for model in cfg.models:
         cache = open_cache(ctx, model)

@@ -13,7 +13,6 @@ name selects one model's group.
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import time
@@ -29,7 +28,7 @@ from features.length import TokenCounter
 from features.text import TextView
 from features.turns import TURN_SEP
 from features.tokencount import RustTokenCounter
-from pipeline.catalog import (file_lock, frame_hash, hash_key, read_parquet_checked, slug,
+from pipeline.catalog import (frame_hash, hash_key, read_parquet_checked, slug,
                               write_parquet_atomic, write_provenance)
 from pipeline.config import Config
 from pipeline.data import TEXT_COLUMNS
@@ -223,61 +222,55 @@ def features_for(ctx, frame: pd.DataFrame, groups: Sequence[str] | None = None) 
 def _split_features(ctx, split: str, frame: pd.DataFrame, specs: list[GroupSpec],
                     compute: _Computer, stats: dict) -> pd.DataFrame:
     """Every group of one split: read from the cache, or computed as units of the run's
-    executor (one per missing group) and written here, by the driver, as they arrive."""
+    executor (one per missing group) and written by the driver as they arrive."""
+    from pipeline.artifacts import Item, get_or_compute_many
     from pipeline.executors.base import Unit
 
-    folder = ctx.catalog.stage_cache(STAGE)
     data_hash = frame_hash(frame[["id", *TEXT_COLUMNS]])
-    paths = {s.name: folder / f"{s.name}-{split}-{hash_key(s.name, s.key_parts, data_hash)}.parquet"
-             for s in specs}
-    parts: dict[str, pd.DataFrame] = {}
-    for spec in specs:
-        df = None if ctx.force else _read_cached(paths[spec.name], frame)
-        if df is not None:
-            parts[spec.name] = df
-            stats["hits"] += 1
-            log.debug("features %s/%s: read %d rows x %d columns from cache %s", spec.name, split,
-                      len(df), df.shape[1] - 1, paths[spec.name].name)
-    todo = [s for s in specs if s.name not in parts]
-    if todo:
-        with contextlib.ExitStack() as locks:
-            for spec in sorted(todo, key=lambda s: str(paths[s.name])):  # one order: no deadlock
-                locks.enter_context(file_lock(paths[spec.name].with_name(paths[spec.name].name + ".lock")))
-            for spec in todo:  # another process may have written it while we waited
-                df = None if ctx.force else _read_cached(paths[spec.name], frame)
-                if df is not None:
-                    parts[spec.name] = df
-                    stats["hits"] += 1
-            todo = [s for s in todo if s.name not in parts]
-            ex = ctx.executor if todo else None
-            fn = ex.share(compute) if todo else None
-            units = (Unit(f"features {spec.name}/{split}", (spec, compute.inputs(spec)))
-                     for spec in todo)
-            t0 = time.perf_counter()
-            for spec, df in zip(todo, ex.map(fn, units) if todo else ()):
-                seconds = time.perf_counter() - t0
-                path = paths[spec.name]
-                write_parquet_atomic(path, df)
-                write_provenance(path, {"group": spec.name, **spec.key_parts}, rows=len(df),
-                                 split=split, data_hash=data_hash, seconds=round(seconds, 3),
-                                 columns=df.shape[1] - 1)
-                parts[spec.name] = df
-                stats["computed"] += 1
-                log.debug("features %s/%s: computed %d rows x %d columns in %.2fs "
-                          "(%.0f rows/s) -> %s", spec.name, split, len(df), df.shape[1] - 1,
-                          seconds, len(df) / max(seconds, 1e-9), path.name)
-                t0 = time.perf_counter()
-    return _join(frame["id"], [parts[s.name] for s in specs])
+    ids = frame["id"].astype(str).to_numpy()
+    items = [Item({"group": s.name, "split": split}, (s.name, s.key_parts, data_hash),
+                  {"rows": len(frame), "ids": ids, "split": split, "data_hash": data_hash,
+                   "config": {"group": s.name, **s.key_parts}}) for s in specs]
+
+    def run(todo: list[int]):
+        ex = ctx.executor
+        fn = ex.share(compute)
+        return ex.map(fn, (Unit(f"features {specs[i].name}/{split}",
+                                (specs[i], compute.inputs(specs[i]))) for i in todo))
+
+    def settled(i: int, df: pd.DataFrame, hit: bool, seconds: float) -> None:
+        stats["hits" if hit else "computed"] += 1
+        if hit:
+            log.debug("features %s/%s: read %d rows x %d columns from cache", specs[i].name,
+                      split, len(df), df.shape[1] - 1)
+        else:
+            log.debug("features %s/%s: computed %d rows x %d columns in %.2fs (%.0f rows/s)",
+                      specs[i].name, split, len(df), df.shape[1] - 1, seconds,
+                      len(df) / max(seconds, 1e-9))
+
+    out = get_or_compute_many(ctx.catalog, "features", items, run, force=ctx.force,
+                              on_result=settled)
+    return _join(frame["id"], [df for df, _ in out])
 
 
-def _read_cached(path, frame: pd.DataFrame) -> pd.DataFrame | None:
-    df = read_parquet_checked(path, expected_rows=len(frame), columns=["id"])
+def read_group(path, meta: dict) -> pd.DataFrame | None:
+    """A cached feature group (kind "features"), or None when missing, damaged or
+    holding other ids than ``meta['ids']``."""
+    df = read_parquet_checked(path, expected_rows=meta["rows"], columns=["id"])
     if df is None:
         return None
-    if not np.array_equal(df["id"].astype(str).to_numpy(), frame["id"].astype(str).to_numpy()):
+    if not np.array_equal(df["id"].astype(str).to_numpy(), meta["ids"]):
         log.warning("features cache %s holds other ids: recomputing", path)
         return None
     return df
+
+
+def write_group(path, df: pd.DataFrame, meta: dict) -> None:
+    """A feature group's Parquet file and its provenance (kind "features")."""
+    write_parquet_atomic(path, df)
+    write_provenance(path, meta["config"], rows=len(df), split=meta["split"],
+                     data_hash=meta["data_hash"], seconds=meta.get("seconds"),
+                     columns=df.shape[1] - 1)
 
 
 def load_features(ctx, groups: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -299,6 +292,21 @@ def load_features(ctx, groups: list[str] | None = None) -> tuple[pd.DataFrame, p
         "features: %d group file(s) read from cache, %d computed; %d columns",
         stats["hits"], stats["computed"], out[0].shape[1] - 1)
     return out[0], out[1]
+
+
+def missing_outputs(ctx) -> str | None:
+    """Which feature groups of train and test are not cached yet, in words, or None."""
+    from pipeline.artifacts import KINDS, Item, path_of
+
+    gaps = []
+    for split in ("train", "test"):
+        frame = getattr(ctx.dataset, split)
+        data_hash = frame_hash(frame[["id", *TEXT_COLUMNS]])
+        for s in group_specs(ctx.config):
+            item = Item({"group": s.name, "split": split}, (s.name, s.key_parts, data_hash))
+            if not path_of(ctx.catalog, KINDS["features"], item).is_file():
+                gaps.append(f"{s.name}/{split}")
+    return f"feature group(s) {', '.join(gaps)} not computed" if gaps else None
 
 
 def run_stage(ctx) -> None:

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import GroupKFold, StratifiedGroupKFold
 
-from pipeline.catalog import Catalog, cached, frame_hash, hash_key
+from pipeline.catalog import Catalog, frame_hash
 
 log = logging.getLogger(__name__)
 FOLDS_VERSION = 1
@@ -87,12 +87,14 @@ def load_or_make_folds(catalog: Catalog, train: pd.DataFrame, n_folds: int, seed
     The cache key is the training set's content (ids, prompts, labels), K and the seed,
     so every experiment on the same data gets the same folds.
     """
+    from pipeline.artifacts import Item, get_or_compute
+
     content = frame_hash(train[["id", "prompt", "label"]])
-    key = hash_key("folds", FOLDS_VERSION, content, n_folds, seed)
-    path = catalog.stage_cache("folds") / f"folds-k{n_folds}-{key}.parquet"
-    folds, hit = cached(path, lambda: assign_folds(train, n_folds, seed),
-                        config={"n_folds": n_folds, "seed": seed, "train_hash": content},
-                        force=force, expected_rows=len(train))
+    item = Item({"k": n_folds}, ("folds", FOLDS_VERSION, content, n_folds, seed),
+                {"rows": len(train), "config": {"n_folds": n_folds, "seed": seed,
+                                                "train_hash": content}})
+    folds, hit, path = get_or_compute(catalog, "folds", item,
+                                      lambda: assign_folds(train, n_folds, seed), force=force)
     (log.debug if hit else log.info)("folds: %s %s (%d rows, %d folds)",
                                      "read" if hit else "assigned and saved", path.name,
                                      len(folds), n_folds)

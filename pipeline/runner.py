@@ -10,7 +10,7 @@ import time
 
 from pipeline.catalog import read_json, run_lock, sweep_stale_temp_files
 from pipeline.context import RunContext
-from pipeline.stages import stages_for
+from pipeline.stages import STAGES, stages_for, upstream
 
 log = logging.getLogger("prefstack")
 
@@ -30,6 +30,20 @@ def check_before_start(ctx: RunContext, stage: str) -> None:
         check_can_cross_validate(ctx.dataset.train, ctx.config.stack.n_folds,
                                  ctx.config.stack.fold_seed,
                                  ctx.config.finetune.max_rows if stage == "finetune" else None)
+
+
+def announce_missing_inputs(ctx: RunContext, stage) -> list[str]:
+    """WARNING for each upstream stage whose output ``stage`` reads but is not cached:
+    ``stage`` will compute it itself, which should never happen unannounced (a stack run
+    that quietly embeds 100k texts). Returns the messages."""
+    said = []
+    for up in upstream(stage):
+        what = up.missing_outputs(ctx)
+        if what:
+            said.append(f"stage {stage.name}: {what}; this run computes it as part of "
+                        f"{stage.name} (run --stage {up.name} first to do it on its own)")
+            log.warning("%s", said[-1])
+    return said
 
 
 def execute(ctx: RunContext, stage: str = "all", wait: bool = True,
@@ -52,6 +66,8 @@ def execute(ctx: RunContext, stage: str = "all", wait: bool = True,
         if not in_all:
             log.info("finetune: skipped in --stage all on the CPU (slow); run --stage "
                      "finetune, or set finetune.in_all: true, to add it to the blend")
+    if stage not in ("all", "predict", "report"):
+        announce_missing_inputs(ctx, STAGES[stage])
     experiment = (ctx.run_name or ctx.config.name) if stage == "predict" else ctx.config.name
     ran = []
     from tqdm.contrib.logging import logging_redirect_tqdm

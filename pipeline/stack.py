@@ -25,8 +25,8 @@ import numpy as np
 import pandas as pd
 
 from pipeline.blend import N_CLASSES, softmax
-from pipeline.catalog import (CODE_VERSION, file_lock, hash_key, read_json, read_parquet_checked,
-                              write_bytes_atomic, write_json_atomic, write_parquet_atomic)
+from pipeline.catalog import (CODE_VERSION, read_json, read_parquet_checked, write_bytes_atomic,
+                              write_json_atomic, write_parquet_atomic)
 from pipeline.config import check_names
 from pipeline.crossfit import FoldMatrices, MemberFit, cross_fit
 from pipeline.learners.base import digest, learner_class
@@ -216,10 +216,6 @@ def fold_matrices_of(ctx, views: list, preps: list, sparse_ok: bool, key_parts: 
 
 # ---------------------------------------------------------------- member cache (disk)
 
-def _member_dir(catalog, name: str, key: str) -> Path:
-    return catalog.stage_cache("stack") / f"{name}-{key}"
-
-
 def _save_member(path: Path, fit: MemberFit, suffix: str, train_ids, folds, test_ids,
                  meta: dict) -> None:
     """Write a member's artifacts; meta.json goes last and marks the folder complete."""
@@ -254,6 +250,20 @@ def _save_member(path: Path, fit: MemberFit, suffix: str, train_ids, folds, test
         "code_version": CODE_VERSION,
         "summaries": {f"{k},{s}": v for (k, s), v in fit.summaries.items()},
         "written_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+
+
+def read_member(path: Path, meta: dict) -> MemberFit | None:
+    """A cached member folder (kind "stack-member"), or None (missing, partial, damaged)."""
+    return _load_member(path, meta["n_train"], meta["n_test"])
+
+
+def write_member(path: Path, fit: MemberFit, meta: dict) -> None:
+    """A member folder (kind "stack-member"): what a partial earlier write left is
+    removed first; meta.json goes last and marks the folder complete."""
+    if path.exists():
+        shutil.rmtree(path)
+    _save_member(path, fit, meta["suffix"], meta["train_ids"], meta["folds"], meta["test_ids"],
+                 {**meta["manifest"], "fit_seconds": fit.seconds})
 
 
 def _load_member(path: Path, n_train: int, n_test: int) -> MemberFit | None:
@@ -416,36 +426,35 @@ def fit_member_cached(ctx, spec: MemberSpec, inp: StackInputs, stats: dict | Non
         "seeds": list(cfg.seeds), "swap_augment": cfg.swap_augment, "swap_tta": cfg.swap_tta,
         "inner_valid_fraction": cfg.inner_valid_fraction,
     }
-    key = hash_key("stack-member", STACK_VERSION, settings, data_key,
-                   array_hash(inp.y, inp.groups, inp.test_ids))
-    path = _member_dir(ctx.catalog, spec.name, key)
-    fit = None if ctx.force else _load_member(path, len(inp.y), len(inp.test_ids))
-    hit = fit is not None
-    if fit is None:
-        with file_lock(path.with_name(path.name + ".lock")):
-            fit = None if ctx.force else _load_member(path, len(inp.y), len(inp.test_ids))
-            hit = fit is not None
-            if fit is None:
-                if path.exists():
-                    shutil.rmtree(path)
-                t0 = time.perf_counter()
-                n_models = len(np.unique(inp.folds)) * len(cfg.seeds)
-                fold_key = {"train_content": data_key["train"], "test_content": data_key["test"],
-                            "folds": data_key["folds"]}
-                build = fold_matrices_of(ctx, views, preps, cls.accepts_sparse, fold_key, stats)
-                with Progress(n_models, f"stack: member {spec.name}", unit="model") as bar:
-                    fit = cross_fit(spec.kind, params, build, inp.y, inp.folds, inp.groups,
-                                    len(inp.test_ids), seeds=tuple(cfg.seeds),
-                                    swap_augment=cfg.swap_augment, swap_tta=cfg.swap_tta,
-                                    inner_valid_fraction=cfg.inner_valid_fraction, progress=bar,
-                                    executor=ctx.executor, name=f"stack {spec.name}")
-                elapsed = time.perf_counter() - t0
-                _save_member(path, fit, cls.suffix, inp.train_ids, inp.folds, inp.test_ids,
-                             {"name": spec.name, "kind": spec.kind, "inputs": spec.inputs,
-                              "views": [v.describe() for v in views], "settings": settings,
-                              "fit_seconds": elapsed})
-                log.info("stack: member %s (%s on %s) fitted in %.1fs, cached as %s", spec.name,
-                         spec.kind, _inputs_text(spec.inputs), elapsed, path.name)
+    from pipeline.artifacts import Item, get_or_compute
+
+    item = Item({"member": spec.name},
+                ("stack-member", STACK_VERSION, settings, data_key,
+                 array_hash(inp.y, inp.groups, inp.test_ids)),
+                {"n_train": len(inp.y), "n_test": len(inp.test_ids), "suffix": cls.suffix,
+                 "train_ids": inp.train_ids, "folds": inp.folds, "test_ids": inp.test_ids,
+                 "manifest": {"name": spec.name, "kind": spec.kind, "inputs": spec.inputs,
+                              "views": [v.describe() for v in views], "settings": settings}})
+
+    def fit_member() -> MemberFit:
+        t0 = time.perf_counter()
+        n_models = len(np.unique(inp.folds)) * len(cfg.seeds)
+        fold_key = {"train_content": data_key["train"], "test_content": data_key["test"],
+                    "folds": data_key["folds"]}
+        build = fold_matrices_of(ctx, views, preps, cls.accepts_sparse, fold_key, stats)
+        with Progress(n_models, f"stack: member {spec.name}", unit="model") as bar:
+            fit = cross_fit(spec.kind, params, build, inp.y, inp.folds, inp.groups,
+                            len(inp.test_ids), seeds=tuple(cfg.seeds),
+                            swap_augment=cfg.swap_augment, swap_tta=cfg.swap_tta,
+                            inner_valid_fraction=cfg.inner_valid_fraction, progress=bar,
+                            executor=ctx.executor, name=f"stack {spec.name}")
+        fit.seconds = time.perf_counter() - t0
+        return fit
+
+    fit, hit, path = get_or_compute(ctx.catalog, "stack-member", item, fit_member, force=ctx.force)
+    if not hit:
+        log.info("stack: member %s (%s on %s) fitted in %.1fs, cached as %s", spec.name,
+                 spec.kind, _inputs_text(spec.inputs), fit.seconds, path.name)
     if hit:
         log.info("stack: member %s read from cache %s", spec.name, path.name)
     return FittedMember(spec=spec, fit=fit, views=views, params=params, cache_hit=hit,

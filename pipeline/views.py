@@ -28,8 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.catalog import (file_lock, hash_key, read_json, write_bytes_atomic,
-                              write_json_atomic)
+from pipeline.catalog import hash_key, read_json, write_bytes_atomic, write_json_atomic
 from pipeline.learners.base import digest
 
 log = logging.getLogger(__name__)
@@ -208,9 +207,8 @@ class TfidfView:
 
     def prepare(self, ctx, src: Source):
         """Hashed counts [3n, 2 * n_features] (prompts, then A, then B), cached per split."""
-        import scipy.sparse as sp
-
-        from pipeline.catalog import atomic_path, frame_hash
+        from pipeline.artifacts import Item, get_or_compute
+        from pipeline.catalog import frame_hash
         from pipeline.data import TEXT_COLUMNS
 
         if ctx is None or src.split == "new":
@@ -218,22 +216,15 @@ class TfidfView:
         content = frame_hash(src.frame[["id", *TEXT_COLUMNS]])
         # Only what changes the counts: min_df, max_features, IDF and SVD settings act later.
         hashing = {k: self.settings[k] for k in ngram_hashing_keys()}
-        key = hash_key("tfidf-counts", VIEWS_VERSION, hashing, self.turn_sep, content)
-        path = ctx.catalog.stage_cache("views") / f"tfidf-counts-{src.split}-{key}.npz"
-        with file_lock(path.with_name(path.name + ".lock")):
-            if path.is_file() and not ctx.force:
-                try:
-                    counts = sp.load_npz(path).tocsr()
-                    if counts.shape[0] == 3 * len(src.frame):
-                        log.debug("tfidf: counts of %s read from %s", src.split, path.name)
-                        return counts, len(src.frame)
-                except (OSError, ValueError, EOFError) as exc:
-                    log.warning("tfidf: cached counts %s unreadable (%s); recomputing", path, exc)
-            t0 = time.perf_counter()
-            counts = self._counts(src)
-            with atomic_path(path) as tmp:
-                with open(tmp, "wb") as fh:
-                    sp.save_npz(fh, counts, compressed=False)
+        item = Item({"split": src.split},
+                    ("tfidf-counts", VIEWS_VERSION, hashing, self.turn_sep, content),
+                    {"rows": 3 * len(src.frame)})
+        t0 = time.perf_counter()
+        counts, hit, path = get_or_compute(ctx.catalog, "tfidf-counts", item,
+                                           lambda: self._counts(src), force=ctx.force)
+        if hit:
+            log.debug("tfidf: counts of %s read from %s", src.split, path.name)
+        else:
             log.info("tfidf: hashed n-gram counts of %d %s texts in %.1fs -> %s",
                      counts.shape[0], src.split, time.perf_counter() - t0, path.name)
         return counts, len(src.frame)
@@ -348,6 +339,8 @@ def fitted_state(ctx, view, fold: int, rows: np.ndarray, prep_train, prep_test,
     ``key_parts`` identify the data (content hashes, folds); a fit-'all' view is keyed
     without the fold. Returns: (state, bytes, cache hit).
     """
+    from pipeline.artifacts import Item, get_or_compute
+
     if view.fit_mode == "none":
         return None, None, True
     parts = {**key_parts, "view": view.key(), "seed": seed}
@@ -355,33 +348,60 @@ def fitted_state(ctx, view, fold: int, rows: np.ndarray, prep_train, prep_test,
         parts["fold"] = int(fold)
     else:
         parts.pop("folds", None)
-    key = hash_key("view-state", VIEWS_VERSION, parts)
-    path = ctx.catalog.stage_cache("views") / f"{view.name}-state-{key}.pkl"
-    hit = None if ctx.force else _read_state(path)
-    if hit is None:
-        with file_lock(path.with_name(path.name + ".lock")):
-            hit = None if ctx.force else _read_state(path)
-            if hit is None:
-                t0 = time.perf_counter()
-                state = view.fit(prep_train, rows, prep_test, seed)
-                data = state_to_bytes(state)
-                write_bytes_atomic(path, data)
-                write_json_atomic(path.with_suffix(".json"), {
-                    "sha256": digest(data), "key": parts,
-                    "seconds": round(time.perf_counter() - t0, 3)})
-                log.debug("view %s: fitted for fold %s in %.2fs", view.name, fold,
-                          time.perf_counter() - t0)
-                return state, data, False
-    return hit[0], hit[1], True
+    item = Item({"view": view.name}, ("view-state", VIEWS_VERSION, parts), {"key": parts})
+
+    def fit():
+        t0 = time.perf_counter()
+        state = view.fit(prep_train, rows, prep_test, seed)
+        log.debug("view %s: fitted for fold %s in %.2fs", view.name, fold, time.perf_counter() - t0)
+        return state, state_to_bytes(state)
+
+    (state, data), hit, _ = get_or_compute(ctx.catalog, "view-state", item, fit, force=ctx.force)
+    return state, data, hit
 
 
-def _read_state(path):
-    meta = path.with_suffix(".json")
-    if not (path.is_file() and meta.is_file()):
+def read_state(path, meta: dict):
+    """(state, bytes) of a cached fitted view state (kind "view-state"), or None when
+    missing or not matching the SHA-256 in its JSON."""
+    meta_path = path.with_suffix(".json")
+    if not (path.is_file() and meta_path.is_file()):
         return None
     try:
         data = path.read_bytes()
-        return state_from_bytes(data, read_json(meta)["sha256"]), data
+        return state_from_bytes(data, read_json(meta_path)["sha256"]), data
     except (OSError, ValueError, KeyError, EOFError, pickle.UnpicklingError) as exc:
         log.warning("view state %s unreadable (%s); refitting it", path, exc)
         return None
+
+
+def write_state(path, obj, meta: dict) -> None:
+    """A fitted view state's bytes, then its JSON (SHA-256, key, seconds)."""
+    _, data = obj
+    write_bytes_atomic(path, data)
+    write_json_atomic(path.with_suffix(".json"), {"sha256": digest(data), "key": meta["key"],
+                                                  "seconds": meta.get("seconds")})
+
+
+def read_counts(path, meta: dict):
+    """Cached hashed n-gram counts (kind "tfidf-counts") with ``meta['rows']`` rows, or None."""
+    import scipy.sparse as sp
+
+    if not path.is_file():
+        return None
+    try:
+        counts = sp.load_npz(path).tocsr()
+    except (OSError, ValueError, EOFError) as exc:
+        log.warning("tfidf: cached counts %s unreadable (%s); recomputing", path, exc)
+        return None
+    return counts if counts.shape[0] == meta["rows"] else None
+
+
+def write_counts(path, counts, meta: dict) -> None:
+    """Hashed n-gram counts as an uncompressed .npz, atomically."""
+    import scipy.sparse as sp
+
+    from pipeline.catalog import atomic_path
+
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            sp.save_npz(fh, counts, compressed=False)

@@ -82,8 +82,10 @@ class RayExecutor(Executor):
         try:
             import ray
         except ImportError:
-            raise ImportError("engine ray needs Ray: pip install -e '.[ray]' (or "
-                              "pip install 'ray>=2.40')") from None
+            from pipeline.config import ConfigError
+
+            raise ConfigError("engine ray needs Ray, which is not installed: pip install -e "
+                              "'.[ray]' (or pip install 'ray>=2.40'), or use --engine local") from None
         self.max_retries = int(max_retries)
         self.placements: list[tuple[str, str, int, str]] = []  # (unit, host, pid, node), in order
         self._started = False

@@ -10,7 +10,8 @@ import time
 import pandas as pd
 import pytest
 
-from pipeline.catalog import (WorkerWriteError, atomic_path, cached, file_lock, frame_hash,
+from pipeline.artifacts import KINDS, Item, _load, get_or_compute, get_or_compute_many
+from pipeline.catalog import (Catalog, WorkerWriteError, atomic_path, file_lock, frame_hash,
                               hash_key, host_tag, provenance_path, read_json,
                               read_parquet_checked, sweep_stale_temp_files, worker_unit,
                               write_bytes_atomic, write_parquet_atomic)
@@ -101,17 +102,54 @@ def test_cached_computes_once_and_recomputes_a_corrupt_file(tmp_path):
         calls.append(1)
         return pd.DataFrame({"x": [1, 2, 3]})
 
-    path = tmp_path / "c.parquet"
-    df, hit = cached(path, compute, config={"k": 1})
-    assert not hit and len(calls) == 1
+    cat, item = Catalog(tmp_path), _item(3)
+    df, hit, path = get_or_compute(cat, "folds", item, compute)
+    assert not hit and len(calls) == 1 and path.parent == cat.stage_cache("folds")
     assert read_json(provenance_path(path))["rows"] == 3
-    df, hit = cached(path, compute, config={"k": 1})
+    df, hit, _ = get_or_compute(cat, "folds", item, compute)
     assert hit and len(calls) == 1
     path.write_bytes(b"corrupt")
-    df, hit = cached(path, compute, config={"k": 1})
+    df, hit, _ = get_or_compute(cat, "folds", item, compute)
     assert not hit and len(calls) == 2 and df["x"].tolist() == [1, 2, 3]
-    df, hit = cached(path, compute, config={"k": 1}, force=True)
+    df, hit, _ = get_or_compute(cat, "folds", item, compute, force=True)
     assert not hit and len(calls) == 3
+
+
+def _item(rows: int, tag: str = "a") -> Item:
+    return Item({"k": 5}, ("test", tag), {"rows": rows, "config": {"tag": tag}})
+
+
+def test_get_or_compute_many_computes_only_what_is_missing_in_one_batch(tmp_path):
+    """Cached items are read; the rest go to compute as one batch (indices in order) and
+    are written as they arrive; results come back in the items' order."""
+    cat = Catalog(tmp_path)
+    items = [_item(2, t) for t in "abcd"]
+
+    def frame(i):
+        return pd.DataFrame({"x": [i, i]})
+
+    get_or_compute(cat, "folds", items[1], lambda: frame(1))
+    batches, seen = [], []
+
+    def compute(todo):
+        batches.append(list(todo))
+        return (frame(i) for i in todo)
+
+    out = get_or_compute_many(cat, "folds", items, compute,
+                              on_result=lambda i, obj, hit, s: seen.append((i, hit)))
+    assert batches == [[0, 2, 3]]
+    assert [df["x"].iloc[0] for df, _ in out] == [0, 1, 2, 3]
+    assert [hit for _, hit in out] == [False, True, False, False]
+    assert sorted(seen) == [(0, False), (1, True), (2, False), (3, False)]
+    again = get_or_compute_many(cat, "folds", items, lambda todo: batches.append(todo) or [])
+    assert all(hit for _, hit in again) and len(batches) == 1
+
+
+def test_every_declared_kind_names_its_folder_key_and_io():
+    for kind in KINDS.values():
+        assert kind.stage and "{key}" in kind.template and kind.key
+        if kind.reader is not None:
+            assert callable(_load(kind.reader)) and callable(_load(kind.writer))
 
 
 def test_hash_key_is_stable_and_sensitive():
@@ -150,17 +188,17 @@ def test_a_cache_file_whose_bytes_differ_from_its_provenance_is_recomputed(tmp_p
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipeline.catalog import cached, read_parquet_checked
+    from pipeline.catalog import read_parquet_checked
 
-    path = tmp_path / "feat.parquet"
+    cat = Catalog(tmp_path)
     frame = pd.DataFrame({"id": ["1", "2"], "length__a_chars": [1.0, 2.0]})
-    cached(path, lambda: frame, config={"g": 1})
+    _, _, path = get_or_compute(cat, "folds", _item(2), lambda: frame)
     assert read_parquet_checked(path) is not None
     renamed = pa.table({"id": ["1", "2"], "length__a_charz": [1.0, 2.0]})
     pq.write_table(renamed, path, write_page_checksum=True)  # valid file, other bytes
     assert read_parquet_checked(path) is None
     assert "SHA-256" in caplog.text and "recomputed" in caplog.text
     calls = []
-    again, hit = cached(path, lambda: calls.append(1) or frame, config={"g": 1})
+    again, hit, _ = get_or_compute(cat, "folds", _item(2), lambda: calls.append(1) or frame)
     assert not hit and calls == [1] and list(again.columns) == list(frame.columns)
     assert read_parquet_checked(path) is not None  # the recomputed file has a fresh SHA-256

@@ -56,3 +56,30 @@ def test_a_run_sweeps_temp_files_left_by_killed_writers(tmp_path, caplog):
     assert main(["--stage", "report", "--workdir", str(tmp_path)]) == 0
     assert not leftover.exists()
     assert "removed 1 temporary file(s) left by killed runs" in caplog.text
+
+
+def test_a_stage_run_alone_says_which_upstream_output_it_computes_itself(tiny_csvs, tmp_path):
+    """The stage declarations name what each stage reads; --stage stack on a fresh
+    workdir warns that it will embed texts and compute features, and stops warning once
+    the embed and features stages have run."""
+    from pipeline.catalog import Catalog
+    from pipeline.config import Config
+    from pipeline.context import RunContext
+    from pipeline.runner import announce_missing_inputs
+    from pipeline.stages import STAGES, upstream
+
+    assert [s.name for s in upstream(STAGES["stack"])] == ["embed", "features"]
+    assert [s.name for s in upstream(STAGES["features"])] == ["embed"]
+    train, test = tiny_csvs
+    ctx = RunContext(config=Config(), catalog=Catalog(tmp_path / "w"), train_path=train,
+                     test_path=test, device_request="cpu")
+    said = announce_missing_inputs(ctx, STAGES["stack"])
+    assert len(said) == 2
+    assert said[0].startswith("stage stack: ") and "texts not embedded with all-MiniLM-L6-v2" in said[0]
+    assert "run --stage embed first" in said[0]
+    assert "feature group(s) length/train" in said[1] and "run --stage features first" in said[1]
+    STAGES["embed"].load()(ctx)
+    said = announce_missing_inputs(ctx, STAGES["stack"])
+    assert len(said) == 1 and "--stage features" in said[0]
+    STAGES["features"].load()(ctx)
+    assert announce_missing_inputs(ctx, STAGES["stack"]) == []

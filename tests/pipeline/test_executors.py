@@ -256,3 +256,13 @@ def test_finetune_folds_through_ray_equal_in_process(ray_cluster, tmp_path_facto
     assert (m_r.oof["id"] == m_l.oof["id"]).all()
     assert np.abs(m_r.oof[FT.LOGITS].to_numpy() - m_l.oof[FT.LOGITS].to_numpy()).max() <= 1e-9
     assert np.abs(m_r.test[FT.LOGITS].to_numpy() - m_l.test[FT.LOGITS].to_numpy()).max() <= 1e-9
+
+
+def test_engine_ray_without_ray_installed_says_how_to_install_it(monkeypatch):
+    import sys
+
+    from pipeline.config import ConfigError
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray now fails as if absent
+    with pytest.raises(ConfigError, match=r"pip install -e '\.\[ray\]'"):
+        make_executor("ray")
