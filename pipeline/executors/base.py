@@ -25,8 +25,18 @@ class Unit:
 
     name: str               # for progress, errors and "where did it run"
     args: tuple = ()
-    cpus: float = 1.0       # CPUs the call keeps busy (LightGBM threads, say)
+    cpus: float = 1.0       # CPUs the call keeps busy (LightGBM threads, say); BLAS gets as many threads
     gpus: float = 0.0       # GPUs it holds (a fine-tune fold: 1)
+
+
+def unit_threads(cpus: float):
+    """BLAS limited to the unit's ``cpus`` threads, wherever the unit runs: a float sum
+    split over another thread count differs in its last bits (which a C search or a
+    blend weight can turn into a visible difference), and a unit using more threads than
+    it was given would crowd the node's other units."""
+    from threadpoolctl import threadpool_limits
+
+    return threadpool_limits(limits=max(1, int(cpus)), user_api="blas")
 
 
 class UnitFailed(RuntimeError):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Callable, Iterable, Iterator
 
-from pipeline.executors.base import Executor, Unit, name_failure
+from pipeline.executors.base import Executor, Unit, name_failure, unit_threads
 
 
 class LocalExecutor(Executor):
@@ -18,7 +18,8 @@ class LocalExecutor(Executor):
     def map(self, fn: Callable, units: Iterable[Unit]) -> Iterator:
         for unit in units:
             try:
-                result = fn(*unit.args)
+                with unit_threads(unit.cpus):
+                    result = fn(*unit.args)
             except Exception as exc:
                 raise name_failure(exc, unit.name)
             yield result
@@ -30,7 +31,8 @@ class LocalExecutor(Executor):
             if obj is None:  # built only when there is work (a warm cache loads no model)
                 obj = factory()
             try:
-                result = obj(*unit.args)
+                with unit_threads(cpus):
+                    result = obj(*unit.args)
             except Exception as exc:
                 raise name_failure(exc, unit.name)
             yield result

@@ -18,6 +18,8 @@ filesystem.
   repeat) and comes back with its type, noted with the unit's name.
 - Units run under ``catalog.worker_unit``: a write into the workdir raises there, so the
   driver stays the only writer of every cache.
+- A unit computes with the BLAS threads it asked for (``Unit.cpus``), here as in process,
+  so its floats do not depend on the node it ran on.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ import os
 import socket
 from typing import Callable, Iterable, Iterator
 
-from pipeline.executors.base import Executor, Unit, UnitFailed, name_failure
+from pipeline.executors.base import Executor, Unit, UnitFailed, name_failure, unit_threads
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +41,12 @@ def _where() -> tuple[str, int, str]:
     return socket.gethostname(), os.getpid(), ray.get_runtime_context().get_node_id()[:12]
 
 
-def _run_unit(fn: Callable, unit: str, *args):
-    """Runs in a Ray worker: fn(*args) under the single-writer guard, with where it ran."""
+def _run_unit(fn: Callable, unit: str, threads: float, *args):
+    """Runs in a Ray worker: fn(*args) under the single-writer guard and with the unit's
+    own BLAS threads, with where it ran."""
     from pipeline.catalog import worker_unit
 
-    with worker_unit(unit):
+    with worker_unit(unit), unit_threads(threads):
         return fn(*args), _where()
 
 
@@ -56,10 +59,10 @@ class _Holder:
         with worker_unit("actor start"):
             self.obj = factory()
 
-    def run(self, unit: str, *args):
+    def run(self, unit: str, threads: float, *args):
         from pipeline.catalog import worker_unit
 
-        with worker_unit(unit):
+        with worker_unit(unit), unit_threads(threads):
             return self.obj(*args), _where()
 
 
@@ -101,7 +104,11 @@ class RayExecutor(Executor):
             self._started = True
         res = ray.cluster_resources()
         self.cpus, self.gpus = float(res.get("CPU", 1)), float(res.get("GPU", 0))
-        self.nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+        alive = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+        self.nodes = len(alive)
+        # A unit runs on one node: never ask for more than the largest node has.
+        self.node_cpus = max([float(r.get("CPU", 0)) for r in alive] or [self.cpus])
+        self.node_gpus = max([float(r.get("GPU", 0)) for r in alive] or [self.gpus])
         self.window = int(window or max(2, int(self.cpus) + 1))
         log.info("engine ray: %d node(s), %g CPU(s), %g GPU(s)", self.nodes, self.cpus, self.gpus)
 
@@ -111,9 +118,9 @@ class RayExecutor(Executor):
         return ray.put(obj)
 
     def _fit(self, cpus: float, gpus: float) -> tuple[float, float]:
-        """A request the cluster can ever grant (a unit asking for 16 threads on a 2-CPU
-        cluster gets 2)."""
-        return min(cpus, self.cpus), min(gpus, self.gpus) if gpus else 0.0
+        """A request some node can grant (a unit asking for 16 threads where the largest
+        node has 4 CPUs asks for 4; its threads setting is unchanged, so are its results)."""
+        return min(cpus, self.node_cpus), (min(gpus, self.node_gpus) if gpus else 0.0)
 
     def _collect(self, submit, units: Iterable[Unit]) -> Iterator:
         import ray
@@ -162,7 +169,7 @@ class RayExecutor(Executor):
             cpus, gpus = self._fit(unit.cpus, unit.gpus)
             return task.options(num_cpus=cpus, num_gpus=gpus, max_retries=self.max_retries,
                                 retry_exceptions=False, name=unit.name[:100]).remote(
-                fn, unit.name, *unit.args)
+                fn, unit.name, unit.cpus, *unit.args)
 
         return self._collect(submit, units)
 
@@ -170,6 +177,7 @@ class RayExecutor(Executor):
                      workers: int = 1, cpus: float = 1.0, gpus: float = 0.0) -> Iterator:
         import ray
 
+        threads = cpus
         cpus, gpus = self._fit(cpus, gpus)
         limit = int(self.gpus // gpus) if gpus else int(self.cpus // max(cpus, 1e-9))
         n = max(1, min(int(workers), max(limit, 1)))
@@ -185,7 +193,7 @@ class RayExecutor(Executor):
                 actors.append(actor.remote(factory))
             a = actors[count % len(actors)]
             count += 1
-            return a.run.remote(unit.name, *unit.args)
+            return a.run.remote(unit.name, threads, *unit.args)
 
         try:
             yield from self._collect(submit, units)
