@@ -1,5 +1,9 @@
 """The default engine: every unit runs in this process, one after another (no
-dependency, today's behaviour)."""
+dependency). The next unit is drawn from ``units`` on a helper thread while the current
+one runs (``prefetch``, on by default): drawing a unit is where the caller builds its
+inputs (a fold's TF-IDF matrices), so that work overlaps the previous fit on a second
+core (vicuna80 stack stage 187 s -> 156-164 s on 2 cores). Units still run one at a time
+and in order, so the results are those of the plain loop."""
 from __future__ import annotations
 
 from typing import Callable, Iterable, Iterator
@@ -12,11 +16,28 @@ class LocalExecutor(Executor):
 
     name = "local"
 
-    def __init__(self, **_ignored):
-        pass
+    def __init__(self, prefetch: bool = True, **_ignored):
+        self.prefetch = bool(prefetch)
+
+    def _drawn(self, units: Iterable[Unit]) -> Iterator[Unit]:
+        """``units``, the next one drawn on a helper thread while the caller uses this one."""
+        if not self.prefetch:
+            yield from units
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        it = iter(units)
+        with ThreadPoolExecutor(1, thread_name_prefix="prefstack-draw") as pool:
+            pending = pool.submit(next, it, None)
+            while True:
+                unit = pending.result()
+                if unit is None:
+                    return
+                pending = pool.submit(next, it, None)
+                yield unit
 
     def map(self, fn: Callable, units: Iterable[Unit]) -> Iterator:
-        for unit in units:
+        for unit in self._drawn(units):
             try:
                 with unit_threads(unit.cpus):
                     result = fn(*unit.args)
