@@ -19,7 +19,6 @@ embeds every text. Prints a table and writes bench/results/engine.md.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
