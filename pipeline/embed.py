@@ -433,14 +433,11 @@ def embed_texts(cache: EmbeddingCache, texts: Sequence[str], make_encoder: Calla
             cache.reload()  # another process may have added chunks while we waited
             cache.remove_stale_temp()
             if cache.missing(hashes):
-                if executor is None:
-                    computed = encode_missing(cache, texts, make_encoder(), chunk_size, progress,
-                                              hashes=hashes, desc=desc)
-                else:
-                    computed = encode_missing(cache, texts, None, chunk_size, progress,
-                                              hashes=hashes, desc=desc, executor=executor,
-                                              make_encoder=make_encoder, workers=workers,
-                                              cpus=cpus, gpus=gpus)
+                computed = encode_missing(cache, texts,
+                                          make_encoder() if executor is None else None,
+                                          chunk_size, progress, hashes=hashes, desc=desc,
+                                          executor=executor, make_encoder=make_encoder,
+                                          workers=workers, cpus=cpus, gpus=gpus)
     vectors = cache.get(hashes)
     stats = EmbedStats(texts=len(texts), unique=unique, cached=unique - computed,
                        computed=computed, seconds=time.perf_counter() - t0)

@@ -223,14 +223,10 @@ def _split_features(ctx, split: str, frame: pd.DataFrame, specs: list[GroupSpec]
                     compute: _Computer, stats: dict) -> pd.DataFrame:
     """Every group of one split: read from the cache, or computed as units of the run's
     executor (one per missing group) and written by the driver as they arrive."""
-    from pipeline.artifacts import Item, get_or_compute_many
+    from pipeline.artifacts import get_or_compute_many
     from pipeline.executors.base import Unit
 
-    data_hash = frame_hash(frame[["id", *TEXT_COLUMNS]])
-    ids = frame["id"].astype(str).to_numpy()
-    items = [Item({"group": s.name, "split": split}, (s.name, s.key_parts, data_hash),
-                  {"rows": len(frame), "ids": ids, "split": split, "data_hash": data_hash,
-                   "config": {"group": s.name, **s.key_parts}}) for s in specs]
+    items = _group_items(split, frame, specs)
 
     def run(todo: list[int]):
         ex = ctx.executor
@@ -251,6 +247,17 @@ def _split_features(ctx, split: str, frame: pd.DataFrame, specs: list[GroupSpec]
     out = get_or_compute_many(ctx.catalog, "features", items, run, force=ctx.force,
                               on_result=settled)
     return _join(frame["id"], [df for df, _ in out])
+
+
+def _group_items(split: str, frame: pd.DataFrame, specs: list[GroupSpec]) -> list:
+    """The cache items (pipeline.artifacts, kind "features") of ``specs`` on one split."""
+    from pipeline.artifacts import Item
+
+    data_hash = frame_hash(frame[["id", *TEXT_COLUMNS]])
+    ids = frame["id"].astype(str).to_numpy()
+    return [Item({"group": s.name, "split": split}, (s.name, s.key_parts, data_hash),
+                 {"rows": len(frame), "ids": ids, "split": split, "data_hash": data_hash,
+                  "config": {"group": s.name, **s.key_parts}}) for s in specs]
 
 
 def read_group(path, meta: dict) -> pd.DataFrame | None:
@@ -296,16 +303,14 @@ def load_features(ctx, groups: list[str] | None = None) -> tuple[pd.DataFrame, p
 
 def missing_outputs(ctx) -> str | None:
     """Which feature groups of train and test are not cached yet, in words, or None."""
-    from pipeline.artifacts import KINDS, Item, path_of
+    from pipeline.artifacts import KINDS, path_of
 
     gaps = []
+    specs = group_specs(ctx.config)
     for split in ("train", "test"):
-        frame = getattr(ctx.dataset, split)
-        data_hash = frame_hash(frame[["id", *TEXT_COLUMNS]])
-        for s in group_specs(ctx.config):
-            item = Item({"group": s.name, "split": split}, (s.name, s.key_parts, data_hash))
-            if not path_of(ctx.catalog, KINDS["features"], item).is_file():
-                gaps.append(f"{s.name}/{split}")
+        items = _group_items(split, getattr(ctx.dataset, split), specs)
+        gaps += [f"{s.name}/{split}" for s, item in zip(specs, items)
+                 if not path_of(ctx.catalog, KINDS["features"], item).is_file()]
     return f"feature group(s) {', '.join(gaps)} not computed" if gaps else None
 
 
