@@ -9,10 +9,10 @@ is cached; lock the rest (in one order, so two runs never deadlock); read again
 as one batch, which the caller may hand to an executor; and write each result as it
 arrives, here, in the driver (pipeline.executors: workers never write).
 
-Kinds with their own storage protocol are declared here too, so the table is the whole
-list of what the workdir holds, but keep their loops: the embedding cache (chunks
-appended under one lock, read as one index) and fine-tuned folds (seed weights, then
-logits, resumed fold by fold).
+Two kinds share a folder between many items, and say so: an embedding chunk's lock is its
+model folder's (``lock``), and once it is held that folder is read again (``on_lock``);
+a fine-tuned fold's compute trains its seeds as executor units, whose weights (gigabytes)
+the unit writes itself (catalog.unit_may_write) while the driver writes its logits.
 """
 from __future__ import annotations
 
@@ -34,8 +34,12 @@ class Kind:
     stage: str            # folder under cache/
     template: str         # file (or folder) name: "{...}" from Item.names, "{key}" the key
     key: str              # what the key hashes, in words (the README's table)
-    reader: str | None    # "module:function" (path, meta) -> object | None
-    writer: str | None    # "module:function" (path, object, meta) -> None
+    reader: str           # "module:function" (path, meta) -> object | None
+    writer: str           # "module:function" (path, object, meta) -> None
+    # Lock file name (a template like ``template``); None: the artifact's own name + ".lock".
+    lock: str | None = None
+    # "module:function" (lock path, meta) called once a lock is held, before the re-read.
+    on_lock: str | None = None
 
     def read(self, path: Path, meta: dict):
         return _load(self.reader)(path, meta)
@@ -65,12 +69,15 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
     Kind("stack-member", "stack", "{member}-{key}",
          "learner kind and resolved params, views, seeds, swap settings, data content, "
          "labels, folds", "pipeline.stack:read_member", "pipeline.stack:write_member"),
-    Kind("embed-chunks", "embed", "{model}-{key}/chunk-<hashes>-<n>.parquet",
-         "model id, max length, pooling, normalisation, long-text mode (one folder per "
-         "model; texts are looked up by content hash)", None, None),
-    Kind("finetune-fold", "finetune", "{model}-{key}/fold<k>/",
-         "fine-tune settings that change logits, the training content, folds",
-         None, None),
+    Kind("embed-chunks", "embed", "{folder}/chunk-{digest}-{rows}.parquet",
+         "model id, max length, pooling, normalisation, long-text mode, backend (the "
+         "folder, <model>-<key>; a chunk is named by its texts' content hashes)",
+         "pipeline.embed:read_chunk", "pipeline.embed:write_chunk",
+         lock="{folder}.lock", on_lock="pipeline.embed:on_lock"),
+    Kind("finetune-fold", "finetune", "{model}-{key}/fold{fold}",
+         "fine-tune settings that change logits, the training content, folds (the test "
+         "logits inside also by the test file's content)",
+         "pipeline.finetune:read_fold", "pipeline.finetune:write_fold"),
 )}
 
 
@@ -84,26 +91,42 @@ class Item:
     meta: dict = field(default_factory=dict)
 
 
-def path_of(catalog: Catalog, kind: Kind, item: Item) -> Path:
-    """Where ``item`` of ``kind`` lives under the catalog's cache root."""
-    return catalog.stage_cache(kind.stage) / kind.template.format(**item.names,
-                                                                  key=hash_key(*item.key))
+def _root(catalog: Catalog | None, kind: Kind, root: Path | None) -> Path:
+    if root is None and catalog is None:
+        raise ValueError(f"artifact kind {kind.name!r}: give a catalog or the folder (root)")
+    return Path(root) if root is not None else catalog.stage_cache(kind.stage)
 
 
-def get_or_compute_many(catalog: Catalog, kind: str, items: Sequence[Item],
+def path_of(catalog: Catalog | None, kind: Kind, item: Item, root: Path | None = None) -> Path:
+    """Where ``item`` of ``kind`` lives: under the catalog's folder of the kind's stage,
+    or under ``root``."""
+    return _root(catalog, kind, root) / kind.template.format(**item.names, key=hash_key(*item.key))
+
+
+def lock_of(catalog: Catalog | None, kind: Kind, item: Item, root: Path | None = None) -> Path:
+    """The lock file that guards ``item``'s computation (shared by items of one folder
+    where the kind says so)."""
+    if kind.lock is None:
+        path = path_of(catalog, kind, item, root)
+        return path.with_name(path.name + ".lock")
+    return _root(catalog, kind, root) / kind.lock.format(**item.names, key=hash_key(*item.key))
+
+
+def get_or_compute_many(catalog: Catalog | None, kind: str, items: Sequence[Item],
                         compute: Callable[[list[int]], Iterable], force: bool = False,
                         on_result: Callable[[int, Any, bool, float], None] | None = None,
-                        ) -> list[tuple[Any, bool]]:
+                        root: Path | None = None) -> list[tuple[Any, bool]]:
     """Each item from the cache, or computed and written.
 
     ``compute(indices)`` gets the indices of the items still missing once their locks
     are held, and yields their objects in that order (it may run them on an executor).
     ``on_result(i, obj, hit, seconds)`` is told about each item as it is settled.
-    ``force``: never read, recompute everything. Returns: [(object, cache hit)] in the
+    ``force``: never read, recompute everything. ``root``: the kind's folder, for a cache
+    used without a catalog (else the catalog's). Returns: [(object, cache hit)] in the
     items' order.
     """
     k = KINDS[kind]
-    paths = [path_of(catalog, k, it) for it in items]
+    paths = [path_of(catalog, k, it, root) for it in items]
     out: list[tuple[Any, bool] | None] = [None] * len(items)
 
     def settle(i: int, obj, hit: bool, seconds: float = 0.0) -> None:
@@ -119,8 +142,13 @@ def get_or_compute_many(catalog: Catalog, kind: str, items: Sequence[Item],
     if not todo:
         return out
     with contextlib.ExitStack() as locks:
-        for i in sorted(todo, key=lambda i: str(paths[i])):
-            locks.enter_context(file_lock(paths[i].with_name(paths[i].name + ".lock")))
+        held: dict[Path, int] = {}  # lock -> first item under it
+        for i in todo:
+            held.setdefault(lock_of(catalog, k, items[i], root), i)
+        for lock in sorted(held, key=str):
+            locks.enter_context(file_lock(lock))
+            if k.on_lock is not None:
+                _load(k.on_lock)(lock, items[held[lock]].meta)
         for i in todo:  # written by another run while this one waited for the lock?
             obj = None if force else k.read(paths[i], items[i].meta)
             if obj is not None:
@@ -138,7 +166,7 @@ def get_or_compute_many(catalog: Catalog, kind: str, items: Sequence[Item],
     return out
 
 
-def get_or_compute(catalog: Catalog, kind: str, item: Item, compute: Callable[[], Any],
+def get_or_compute(catalog: Catalog | None, kind: str, item: Item, compute: Callable[[], Any],
                    force: bool = False) -> tuple[Any, bool, Path]:
     """One artifact from the cache, or ``compute()``-d and written. Returns: (object,
     cache hit, path)."""

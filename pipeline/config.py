@@ -242,6 +242,9 @@ class RayConfig:
     address: str | None = None
     # CPUs of that local instance; None = every CPU of this machine.
     num_cpus: int | None = None
+    # GPUs of that local instance; None = those Ray detects (a number declares them, e.g.
+    # to give one process per GPU of a machine Ray misreads).
+    num_gpus: int | None = None
     # Times a unit is retried when its worker process dies, before the run stops.
     max_retries: int = 3
 
@@ -389,6 +392,7 @@ RULES: dict[str, tuple[Any, str]] = {
     "finetune.seeds": _NONEMPTY,
     "finetune.max_rows": _between(1, _INF, none=True),
     "ray.num_cpus": _between(1, _INF, none=True),
+    "ray.num_gpus": _between(0, _INF, none=True),
     "ray.max_retries": _between(0, 100),
 }
 

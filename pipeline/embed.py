@@ -60,7 +60,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.catalog import (atomic_path, file_lock, hash_key, hash_texts, provenance_path,
+from pipeline.catalog import (atomic_path, hash_key, hash_texts, provenance_path,
                               read_json, slug, write_provenance)
 from pipeline.config import ConfigError, EmbedConfig
 from pipeline.embed_backends import key_parts
@@ -368,13 +368,16 @@ def encode_missing(cache: EmbeddingCache, texts: Sequence[str], encoder: Encoder
                    workers: int = 1, cpus: float = 1.0, gpus: float = 0.0) -> int:
     """Encode the texts ``cache`` lacks, ``chunk_size`` at a time, each chunk saved at once.
 
-    ``encoder``: any callable list[str] -> float array [n, dim]. Unique missing texts are
-    sorted longest first, then chunked. With an ``executor`` (pipeline.executors) each
-    chunk is a unit on up to ``workers`` workers that each build their encoder once with
-    ``make_encoder`` (holding ``cpus`` / ``gpus``); the chunks come back in order and are
-    written here, so this process stays the cache's only writer. Returns: the number of
-    texts encoded.
+    ``encoder``: any callable list[str] -> float array [n, dim] (or None: ``make_encoder()``
+    builds one, only if a chunk is still missing once the folder's lock is held). Unique
+    missing texts are sorted longest first, then chunked; each chunk is an artifact of kind
+    "embed-chunks" (pipeline.artifacts: read, lock, re-read, compute, write). With an
+    ``executor`` (pipeline.executors) each chunk is a unit on up to ``workers`` workers
+    that each build their encoder once with ``make_encoder`` (holding ``cpus`` / ``gpus``);
+    the chunks come back in order and are written here, so this process stays the cache's
+    only writer. Returns: the number of texts this call encoded.
     """
+    from pipeline.artifacts import Item, get_or_compute_many
     from pipeline.executors.base import Unit
 
     if chunk_size < 1:
@@ -388,17 +391,51 @@ def encode_missing(cache: EmbeddingCache, texts: Sequence[str], encoder: Encoder
             todo[h] = t
     order = sorted(todo, key=lambda h: -len(todo[h]))
     chunks = [order[start:start + chunk_size] for start in range(0, len(order), chunk_size)]
-    if executor is None:
-        results = (encoder([todo[h] for h in part]) for part in chunks)
-    else:
-        units = (Unit(f"{desc} chunk {i + 1}/{len(chunks)}", ([todo[h] for h in part],))
-                 for i, part in enumerate(chunks))
-        results = executor.map_stateful(make_encoder, units, workers=workers, cpus=cpus, gpus=gpus)
+    items = [Item(names={"folder": cache.folder.name, "digest": _digest(part), "rows": len(part)},
+                  key=(), meta={"cache": cache, "hashes": part}) for part in chunks]
+
+    def compute(indices: list[int]):
+        parts = [[todo[h] for h in chunks[i]] for i in indices]
+        if executor is None:
+            enc = encoder if encoder is not None else make_encoder()
+            return (enc(part) for part in parts)
+        units = (Unit(f"{desc} chunk {i + 1}/{len(chunks)}", (part,))
+                 for i, part in zip(indices, parts))
+        return executor.map_stateful(make_encoder, units, workers=workers, cpus=cpus, gpus=gpus)
+
+    encoded = 0
     with Progress(len(order), desc, unit="text", enabled=progress) as bar:
-        for part, vectors in zip(chunks, results):
-            cache.add_chunk(part, np.asarray(vectors))
-            bar.update(len(part))
-    return len(order)
+        def settled(i: int, obj, hit: bool, seconds: float) -> None:
+            nonlocal encoded
+            encoded += 0 if hit else len(chunks[i])
+            bar.update(len(chunks[i]))
+
+        get_or_compute_many(None, "embed-chunks", items, compute, on_result=settled,
+                            root=cache.folder.parent)
+    return encoded
+
+
+def read_chunk(path: Path, meta: dict):
+    """Reader of kind "embed-chunks": the chunk's vectors once every one of its texts is in
+    the folder (whichever chunk holds it), else None."""
+    cache: EmbeddingCache = meta["cache"]
+    return None if cache.missing(meta["hashes"]) else cache.get(meta["hashes"])
+
+
+def write_chunk(path: Path, vectors, meta: dict) -> None:
+    """Writer of kind "embed-chunks": the chunk file (atomic) and the folder's provenance."""
+    written = meta["cache"].add_chunk(meta["hashes"], np.asarray(vectors))
+    if written != path:
+        raise RuntimeError(f"embed cache: chunk written to {written}, declared as {path}")
+
+
+def on_lock(lock: Path, meta: dict) -> None:
+    """Kind "embed-chunks", once its folder's lock is held: read the folder again (another
+    process may have added chunks while this one waited) and delete the temp files a
+    killed writer left."""
+    cache: EmbeddingCache = meta["cache"]
+    cache.reload()
+    cache.remove_stale_temp()
 
 
 @dataclass
@@ -427,17 +464,9 @@ def embed_texts(cache: EmbeddingCache, texts: Sequence[str], make_encoder: Calla
     t0 = time.perf_counter()
     hashes = hash_texts(texts)
     unique = len(set(hashes))
-    computed = 0
-    if cache.missing(hashes):
-        with file_lock(cache.lock_path):
-            cache.reload()  # another process may have added chunks while we waited
-            cache.remove_stale_temp()
-            if cache.missing(hashes):
-                computed = encode_missing(cache, texts,
-                                          make_encoder() if executor is None else None,
-                                          chunk_size, progress, hashes=hashes, desc=desc,
-                                          executor=executor, make_encoder=make_encoder,
-                                          workers=workers, cpus=cpus, gpus=gpus)
+    computed = encode_missing(cache, texts, None, chunk_size, progress, hashes=hashes,
+                              desc=desc, executor=executor, make_encoder=make_encoder,
+                              workers=workers, cpus=cpus, gpus=gpus)
     vectors = cache.get(hashes)
     stats = EmbedStats(texts=len(texts), unique=unique, cached=unique - computed,
                        computed=computed, seconds=time.perf_counter() - t0)

@@ -42,7 +42,6 @@ Logits are raw (softmax them to get probabilities [a, b, tie]).
 """
 from __future__ import annotations
 
-import contextlib
 import gc
 import logging
 import math
@@ -60,7 +59,7 @@ import torch.nn.functional as F
 from pipeline.progress import Progress
 
 from features.seqpack import encode_pairs, specials_of
-from pipeline.catalog import (CODE_VERSION, file_lock, frame_hash, hash_key, read_json,
+from pipeline.catalog import (CODE_VERSION, frame_hash, hash_key, read_json,
                               read_parquet_checked, slug, write_json_atomic,
                               write_parquet_atomic, write_provenance)
 from pipeline.config import ConfigError, FinetuneConfig
@@ -378,6 +377,7 @@ class Plan:
     test_hash: str
     full_coverage: bool  # the rows used are the whole training set
     decoder: bool = False  # the model is a decoder LM (template, position ids, defaults)
+    key_parts: tuple = ()  # what ``key`` hashes (the "finetune-fold" artifacts' key)
 
     def fold_dir(self, k: int) -> Path:
         return self.model_dir / f"fold{k}"
@@ -428,12 +428,14 @@ def make_plan(ctx) -> Plan:
     test = ctx.dataset.test.assign(id=ctx.dataset.test["id"].astype(str))
     data_hash = frame_hash(train[["id", "prompt", "response_a", "response_b", "label"]])
     folds_hash = frame_hash(train[["id", "fold"]])
-    key = hash_key("finetune", FINETUNE_VERSION, key_config(cfg), n_folds,
-                   ctx.config.stack.fold_seed, folds_hash, data_hash)
+    key_parts = ("finetune", FINETUNE_VERSION, key_config(cfg), n_folds,
+                 ctx.config.stack.fold_seed, folds_hash, data_hash)
+    key = hash_key(*key_parts)
     model_dir = ctx.catalog.stage_cache("finetune") / f"{slug(cfg.model)}-{key}"
     test_hash = frame_hash(test[["id", "prompt", "response_a", "response_b"]])
     return Plan(cfg=cfg, train=train, test=test, n_folds=n_folds, key=key, model_dir=model_dir,
-                test_hash=test_hash, full_coverage=len(train) == len(full), decoder=decoder)
+                test_hash=test_hash, full_coverage=len(train) == len(full), decoder=decoder,
+                key_parts=key_parts)
 
 
 def _logit_frame(ids: Sequence[str], logits: np.ndarray, fold: int | None = None) -> pd.DataFrame:
@@ -536,8 +538,8 @@ def train_seed(plan: Plan, k: int, seed: int, packed: dict, pad_id: int, device:
     return {"seed": seed, "stats": stats, "val": val, "test": test, "peak_mb": peak}
 
 
-def _finish_fold(plan: Plan, k: int, results: list[dict], device: str) -> None:
-    """Fold k's seeds trained: write its test logits, metrics, then OOF logits."""
+def _fold_result(plan: Plan, k: int, results: list[dict], device: str) -> dict:
+    """Fold k's seeds trained: its (seed-averaged) validation and test logits and metrics."""
     tr, va = _fold_rows(plan, k)
     labels = plan.train["label"].to_numpy()
     seed_stats = [{"seed": r["seed"], **r["stats"]} for r in results]
@@ -547,44 +549,78 @@ def _finish_fold(plan: Plan, k: int, results: list[dict], device: str) -> None:
                "peak_memory_mb": round(max(r["peak_mb"] for r in results), 1),
                "peak_memory_kind": "cuda max_memory_allocated" if device.startswith("cuda")
                else "process max RSS", "seeds": seed_stats}
-    ids = plan.train["id"].to_numpy()
-    write_parquet_atomic(plan.fold_test_path(k),
-                         _logit_frame(plan.test["id"], np.mean([r["test"] for r in results], axis=0)))
-    write_json_atomic(plan.fold_dir(k) / "metrics.json", metrics)
-    # Written last: its presence is what marks the fold finished.
-    oof_path = plan.fold_dir(k) / "oof.parquet"
-    write_parquet_atomic(oof_path, _logit_frame(ids[va], val, fold=k))
-    write_provenance(oof_path, key_config(plan.cfg), rows=len(va), fold=k, key=plan.key)
     epochs = [round(s, 1) for st in seed_stats for s in st["epoch_seconds"]]
     log.info("finetune: fold %d: val log loss %.4f (%d rows), epochs took %s s, peak memory "
              "%.0f MiB (%s)", k, metrics["val_logloss"], len(va), epochs,
              metrics["peak_memory_mb"], metrics["peak_memory_kind"])
+    return {"val": val, "test": np.mean([r["test"] for r in results], axis=0), "metrics": metrics}
 
 
-def _train_folds(ctx, plan: Plan, folds: list[int], packed: dict, pad_id: int) -> None:
-    """Train ``folds`` (every seed) as units of the run's executor: on a Ray cluster
-    with GPUs, K folds train on K GPUs at once. Each fold's files are written as soon as
-    its last seed is back."""
+def read_fold(path: Path, meta: dict):
+    """Reader of kind "finetune-fold": (OOF logits, test logits) of a finished fold scored
+    on this test file, else None."""
+    plan, k = meta["plan"], meta["fold"]
+    oof = _read_logits(path / "oof.parquet", meta["rows"], with_fold=True)
+    test = _read_logits(plan.fold_test_path(k), len(plan.test)) if oof is not None else None
+    return None if test is None else (oof, test)
+
+
+def write_fold(path: Path, result: dict, meta: dict) -> None:
+    """Writer of kind "finetune-fold": test logits, then (a trained fold) metrics and OOF
+    logits, written last: their presence marks the fold finished. The seed weights are
+    already there (written by the units)."""
+    plan, k = meta["plan"], meta["fold"]
+    write_parquet_atomic(plan.fold_test_path(k), _logit_frame(plan.test["id"], result["test"]))
+    if result.get("val") is None:  # trained earlier: only this test file was scored
+        return
+    write_json_atomic(path / "metrics.json", result["metrics"])
+    _, va = _fold_rows(plan, k)
+    oof_path = path / "oof.parquet"
+    write_parquet_atomic(oof_path, _logit_frame(plan.train["id"].to_numpy()[va], result["val"], fold=k))
+    write_provenance(oof_path, key_config(plan.cfg), rows=len(va), fold=k, key=plan.key)
+
+
+def _fold_items(plan: Plan, folds: list[int], counts: pd.Series) -> list:
+    from pipeline.artifacts import Item
+
+    return [Item(names={"model": slug(plan.cfg.model), "fold": k}, key=plan.key_parts,
+                 meta={"plan": plan, "fold": k, "rows": int(counts.get(k, 0))}) for k in folds]
+
+
+def _compute_folds(ctx, plan: Plan, folds: list[int], retrain: bool, packing) -> list:
+    """Results of ``folds`` in order: a fold trained before (its OOF logits are there and
+    ``retrain`` is off) scores this test file with its saved models; the others train
+    every seed as units of the run's executor (on a Ray cluster with GPUs, K folds on K
+    GPUs at once), each fold's result given as soon as its last seed is back."""
     import os
 
     from pipeline.executors.base import Unit
 
-    for k in folds:
+    counts = plan.train["fold"].value_counts()
+    trained = {k for k in folds if not retrain and _read_logits(
+        plan.fold_dir(k) / "oof.parquet", int(counts.get(k, 0)), with_fold=True) is not None}
+    to_train = [k for k in folds if k not in trained]
+    for k in to_train:
         _fold_rows(plan, k)  # an empty fold fails before anything trains
-    ex = ctx.executor
-    device, gpus = ctx.unit_device()
-    cpus = 1.0 if gpus else float(os.cpu_count() or 1)
-    shared = ex.share(packed)
-    units = [Unit(f"finetune fold {k} seed {seed}", (plan, k, seed, shared, pad_id, device),
-                  cpus=cpus, gpus=gpus) for k in folds for seed in plan.cfg.seeds]
-    done: dict[int, list[dict]] = {k: [] for k in folds}
+    packed, pad_id = packing()
+    seeds = iter(())
+    if to_train:  # (an engine is started only for training)
+        ex = ctx.executor
+        device, gpus = ctx.unit_device()
+        cpus = 1.0 if gpus else float(os.cpu_count() or 1)
+        shared = ex.share(packed)
+        units = [Unit(f"finetune fold {k} seed {seed}", (plan, k, seed, shared, pad_id, device),
+                      cpus=cpus, gpus=gpus) for k in to_train for seed in plan.cfg.seeds]
+        for k in to_train:
+            log.info("finetune: fold %d: training (%d seed(s))", k, len(plan.cfg.seeds))
+        seeds = iter(ex.map(train_seed, units))
     for k in folds:
-        log.info("finetune: fold %d: training (%d seed(s))", k, len(plan.cfg.seeds))
-    for unit, result in zip(units, ex.map(train_seed, units)):
-        k = unit.args[1]
-        done[k].append(result)
-        if len(done[k]) == len(plan.cfg.seeds):
-            _finish_fold(plan, k, done[k], device)
+        if k in trained:
+            log.info("finetune: fold %d trained earlier; scoring this test file with its saved "
+                     "models", k)
+            yield {"test": _score_with_saved(plan, k, *packed["test"], pad_id, ctx.device)}
+        else:
+            yield _fold_result(plan, k, [next(seeds) for _ in plan.cfg.seeds], device)
 
 
 def _assemble(plan: Plan) -> tuple[pd.DataFrame, pd.DataFrame] | None:
@@ -638,47 +674,46 @@ def run_stage(ctx) -> None:
              " + LoRA" + (" (4-bit base)" if cfg.load_in_4bit else "") if cfg.lora else "", len(plan.train),
              "" if plan.full_coverage else f" (first {cfg.max_rows}: max_rows)", len(plan.test),
              device, plan.model_dir)
-    tokenizer = None
-    packed: dict[str, tuple] = {}
-    pad_id = 0
+    state: dict = {}
+
+    def packing() -> tuple[dict, int]:  # tokenized once, only if some fold is computed
+        if not state:
+            t_pack = time.perf_counter()
+            tokenizer = load_tokenizer(cfg.model)
+            pack = dict(tokenizer=tokenizer, max_length=cfg.max_length,
+                        prompt_share=cfg.prompt_share, head_share=cfg.head_share,
+                        decoder=plan.decoder)
+            state["packed"] = {"train": encode_pairs(plan.train, **pack),
+                               "test": encode_pairs(plan.test, **pack)}
+            state["pad_id"] = specials_of(tokenizer, plan.decoder).pad
+            log.info("finetune: packed %d train and %d test pairs (max_length %d) in %.1fs",
+                     len(plan.train), len(plan.test), cfg.max_length, time.perf_counter() - t_pack)
+        return state["packed"], state["pad_id"]
+
+    from pipeline.artifacts import get_or_compute_many
+
     counts = plan.train["fold"].value_counts()
-    with contextlib.ExitStack() as held:  # the locks of the folds this run trains
-        to_train = []
-        for k in range(plan.n_folds):
-            fold_lock = contextlib.ExitStack()
-            fold_lock.enter_context(file_lock(plan.fold_dir(k) / ".lock"))
-            with fold_lock:
-                done = (not ctx.force or k not in wanted) and _read_logits(
-                    plan.fold_dir(k) / "oof.parquet", int(counts.get(k, 0)), with_fold=True) is not None
-                has_test = _read_logits(plan.fold_test_path(k), len(plan.test)) is not None
-                if done and has_test:
-                    log.info("finetune: fold %d finished earlier (cached), skipped", k)
-                    continue
-                if not done and k not in wanted:
-                    log.info("finetune: fold %d not in finetune.folds, skipped", k)
-                    continue
-                if tokenizer is None:
-                    t_pack = time.perf_counter()
-                    tokenizer = load_tokenizer(cfg.model)
-                    pad_id = specials_of(tokenizer, plan.decoder).pad
-                    pack = dict(tokenizer=tokenizer, max_length=cfg.max_length,
-                                prompt_share=cfg.prompt_share, head_share=cfg.head_share,
-                                decoder=plan.decoder)
-                    packed = {"train": encode_pairs(plan.train, **pack),
-                              "test": encode_pairs(plan.test, **pack)}
-                    log.info("finetune: packed %d train and %d test pairs (max_length %d) in %.1fs",
-                             len(plan.train), len(plan.test), cfg.max_length,
-                             time.perf_counter() - t_pack)
-                if done:
-                    log.info("finetune: fold %d trained earlier; scoring this test file with its "
-                             "saved models", k)
-                    logits = _score_with_saved(plan, k, *packed["test"], pad_id, device)
-                    write_parquet_atomic(plan.fold_test_path(k), _logit_frame(plan.test["id"], logits))
-                    continue
-                held.enter_context(fold_lock.pop_all())  # kept until the fold is written
-                to_train.append(k)
-        if to_train:
-            _train_folds(ctx, plan, to_train, packed, pad_id)
+    finished = {k for k in range(plan.n_folds) if _read_logits(
+        plan.fold_dir(k) / "oof.parquet", int(counts.get(k, 0)), with_fold=True) is not None}
+    for k in sorted(set(range(plan.n_folds)) - wanted - finished):
+        log.info("finetune: fold %d not in finetune.folds, skipped", k)
+    # --force retrains the folds asked for; a finished fold outside them only scores a
+    # new test file with its saved models.
+    for folds, retrain in ((sorted(wanted) if ctx.force else [], True),
+                           (sorted((set(range(plan.n_folds)) - wanted) & finished if ctx.force
+                                   else wanted | finished), False)):
+        if not folds:
+            continue
+        items = _fold_items(plan, folds, counts)
+
+        def settled(i: int, obj, hit: bool, seconds: float, folds=folds) -> None:
+            if hit:
+                log.info("finetune: fold %d finished earlier (cached), skipped", folds[i])
+
+        get_or_compute_many(
+            ctx.catalog, "finetune-fold", items, force=retrain, on_result=settled,
+            compute=lambda todo, folds=folds, retrain=retrain: _compute_folds(
+                ctx, plan, [folds[i] for i in todo], retrain, packing))
     result = _assemble(plan)
     if result is None:
         finished = [k for k in range(plan.n_folds)

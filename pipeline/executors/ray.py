@@ -81,7 +81,8 @@ class RayExecutor(Executor):
     name = "ray"
 
     def __init__(self, address: str | None = None, num_cpus: int | None = None,
-                 max_retries: int = 3, window: int | None = None, **_ignored):
+                 max_retries: int = 3, window: int | None = None, num_gpus: int | None = None,
+                 **_ignored):
         try:
             import ray
         except ImportError:
@@ -99,7 +100,7 @@ class RayExecutor(Executor):
                 ray.init(address=address, **kw)
                 log.info("engine ray: joined the cluster at %s", address)
             else:
-                ray.init(num_cpus=num_cpus, **kw)
+                ray.init(num_cpus=num_cpus, num_gpus=num_gpus, **kw)
                 log.info("engine ray: started a local Ray instance")
             self._started = True
         res = ray.cluster_resources()

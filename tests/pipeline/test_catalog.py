@@ -147,9 +147,11 @@ def test_get_or_compute_many_computes_only_what_is_missing_in_one_batch(tmp_path
 
 def test_every_declared_kind_names_its_folder_key_and_io():
     for kind in KINDS.values():
-        assert kind.stage and "{key}" in kind.template and kind.key
-        if kind.reader is not None:
-            assert callable(_load(kind.reader)) and callable(_load(kind.writer))
+        assert kind.stage and kind.key
+        assert "{key}" in kind.template or "{folder}" in kind.template  # folder: <model>-<key>
+        assert callable(_load(kind.reader)) and callable(_load(kind.writer))
+        if kind.on_lock is not None:
+            assert callable(_load(kind.on_lock))
 
 
 def test_hash_key_is_stable_and_sensitive():

@@ -205,6 +205,49 @@ def test_resume_after_interruption_encodes_only_the_remaining_chunks(tmp_path):
     np.testing.assert_array_equal(vecs, np.stack([CountingEncoder.vector(t) for t in texts]))
 
 
+def test_texts_another_process_wrote_while_this_one_waited_are_read_not_encoded(tmp_path, monkeypatch):
+    """The embed cache goes through pipeline.artifacts: read, lock the model folder, read
+    again, encode only what is still missing."""
+    import contextlib
+
+    from pipeline import artifacts
+
+    texts = _texts(7)
+    folder = tmp_path / "c"
+    other = CountingEncoder()
+    real_lock = artifacts.file_lock
+    locks = []
+
+    @contextlib.contextmanager
+    def contended(path):  # another process fills texts 0-3 while this one waits
+        locks.append(Path(path))
+        EmbeddingCache(folder).add_chunk(hash_texts(texts[:4]), other(texts[:4]))
+        with real_lock(path):
+            yield
+
+    monkeypatch.setattr(artifacts, "file_lock", contended)
+    mine = CountingEncoder()
+    vecs, stats = embed_texts(EmbeddingCache(folder), texts, lambda: mine, chunk_size=3,
+                              progress=False)
+    assert locks == [folder.with_name("c.lock")]  # one lock for the folder, all chunks
+    # Chunks go longest first: texts 6, 5, 4 | 3, 2, 1 | 0. The first chunk is still
+    # missing; the others were written meanwhile and are read.
+    assert sorted(mine.seen) == sorted(texts[4:]) and stats.computed == 3
+    np.testing.assert_array_equal(vecs, np.stack([CountingEncoder.vector(t) for t in texts]))
+    # Nothing missing once the lock is held: the encoder is never built.
+    folder2 = tmp_path / "d"
+
+    @contextlib.contextmanager
+    def filled(path):
+        EmbeddingCache(folder2).add_chunk(hash_texts(texts), other(texts))
+        with real_lock(path):
+            yield
+
+    monkeypatch.setattr(artifacts, "file_lock", filled)
+    _, stats = embed_texts(EmbeddingCache(folder2), texts, _never, chunk_size=3, progress=False)
+    assert stats.computed == 0
+
+
 def test_stale_temp_file_of_a_killed_writer_is_removed_and_ignored(tmp_path):
     folder = tmp_path / "c"
     folder.mkdir()

@@ -132,6 +132,58 @@ def test_a_unit_computes_with_the_blas_threads_it_asked_for(executor):
     assert list(executor.map(_blas_threads, units)) == [1, 2]
 
 
+_GPU_SCRIPT = """
+import os, time
+import ray
+from pipeline.executors.base import Unit, make_executor
+
+def holds_gpu(x):
+    t0 = time.monotonic()
+    time.sleep(0.8)
+    return tuple(str(g) for g in ray.get_gpu_ids()), os.getpid(), t0, time.monotonic()
+
+class GpuHolder:
+    def __init__(self):
+        self.gpus = tuple(str(g) for g in ray.get_gpu_ids())
+    def __call__(self, x):
+        return self.gpus, os.getpid()
+
+ex = make_executor("ray", num_cpus=2, num_gpus=2)
+assert ex.gpus == 2
+units = [Unit(f"fold {k}", (k,), cpus=1, gpus=1) for k in range(4)]
+out = list(ex.map(holds_gpu, units))
+assert all(len(g) == 1 and g[0] in {"0", "1"} for g, *_ in out), out
+for i, a in enumerate(out):  # units that ran at the same time held different GPUs
+    assert all(b[0] != a[0] for b in out[i + 1:] if a[2] < b[3] and b[2] < a[3]), out
+assert max(sum(b[2] <= a[2] < b[3] for b in out) for a in out) <= 2, out  # 2 GPUs: 2 at once
+assert [u for u, *_ in ex.placements] == [u.name for u in units]
+# Actors: at most one per GPU, each holding its own, whatever number of workers asked.
+held = list(ex.map_stateful(GpuHolder, [Unit(f"chunk {i}", (i,)) for i in range(6)],
+                            workers=4, cpus=1, gpus=1))
+by_actor = {pid: g for g, pid in held}
+assert 1 <= len(by_actor) <= 2 and all(len(g) == 1 for g in by_actor.values()), held
+assert len(set(by_actor.values())) == len(by_actor), held
+ex.close()
+print("GPU-SCHEDULING-OK")
+"""
+
+
+def test_gpu_units_each_hold_a_gpu_of_their_own():
+    """The scheduling side of "K fine-tune folds on K GPUs" and "one embedding actor per
+    GPU": a Ray instance of its own (another process: one Ray per process) with 2 GPUs
+    declared (``ray.num_gpus``; there are none here, but Ray schedules by them)."""
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(repo), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    env.pop("RAY_ADDRESS", None)
+    done = subprocess.run([sys.executable, "-c", _GPU_SCRIPT], cwd=repo, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "GPU-SCHEDULING-OK" in done.stdout, done.stderr[-3000:]
+
+
 def _writes_into(path: str) -> None:
     write_bytes_atomic(path, b"x")
 

@@ -116,6 +116,43 @@ def test_stage_covers_every_id_resumes_and_scores_new_test(tmp_path, tiny_model,
     assert Path(member.model_dir).name in warnings[0]
 
 
+def test_folds_are_declared_artifacts_and_force_retrains_only_the_folds_asked_for(
+        tmp_path, tiny_model, monkeypatch, caplog):
+    from pipeline.artifacts import KINDS, lock_of, path_of
+
+    calls = _count_training(monkeypatch)
+    ctx = _ctx(tmp_path, tiny_model)
+    FT.run_stage(ctx)
+    assert calls == ["fold 0 seed 0", "fold 1 seed 0"]
+    plan = FT.make_plan(ctx)
+    items = FT._fold_items(plan, [0, 1], plan.train["fold"].value_counts())
+    for k, item in enumerate(items):  # the declared kind names the stage's own folders
+        assert path_of(ctx.catalog, KINDS["finetune-fold"], item) == plan.fold_dir(k)
+        assert lock_of(ctx.catalog, KINDS["finetune-fold"], item).parent == plan.model_dir
+        assert KINDS["finetune-fold"].read(plan.fold_dir(k), item.meta) is not None
+    fold0 = (plan.fold_dir(0) / "oof.parquet").read_bytes()
+    fold1_mtime = (plan.fold_dir(1) / "oof.parquet").stat().st_mtime_ns
+
+    # --force with finetune.folds [1]: fold 1 trains again, fold 0 is left as it was.
+    forced = _ctx(tmp_path, tiny_model, folds=[1])
+    forced.force = True
+    caplog.set_level(logging.INFO, logger="pipeline.finetune")
+    FT.run_stage(forced)
+    assert calls == ["fold 0 seed 0", "fold 1 seed 0", "fold 1 seed 0"]
+    assert (plan.fold_dir(0) / "oof.parquet").read_bytes() == fold0
+    assert (plan.fold_dir(1) / "oof.parquet").stat().st_mtime_ns != fold1_mtime
+    assert FT.member_for(_ctx(tmp_path, tiny_model)) is not None
+
+    # A new test file under --force: fold 1 retrains, fold 0 only scores it.
+    caplog.clear()
+    new = _ctx(tmp_path, tiny_model, folds=[1], test_rows=2, test_start=300)
+    new.force = True
+    FT.run_stage(new)
+    assert calls[-1] == "fold 1 seed 0" and len(calls) == 4
+    assert "fold 0 trained earlier; scoring this test file" in caplog.text
+    assert list(FT.member_for(new).test["id"]) == ["300", "301"]
+
+
 def test_max_rows_trains_a_subset_and_gives_no_member(tmp_path, tiny_model, monkeypatch):
     calls = _count_training(monkeypatch)
     ctx = _ctx(tmp_path, tiny_model, n_train=16, max_rows=10)
