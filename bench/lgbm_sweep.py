@@ -1,0 +1,140 @@
+"""LightGBM settings of the ``lgbm_tfidf`` member, side by side on every shared file.
+
+Each variant replaces ``lgbm_tfidf`` in the default members (the other members unchanged);
+the table gives the variant's own OOF log loss and the default blend's (nested level-2,
+as the default stack) with the variant in its place, on the folds and held-out split of
+``bench/quality.py``. Members are cross-fitted through the stack cache, so a rerun with
+the same code reads them back. What the default is then chosen from, with the bar of
+issue #10 beside it (best peer and peer average minus 0.005, from quality.md).
+
+    python bench/lgbm_sweep.py                 # every file (after bench/quality.py)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.quality import _ctx, split_file  # noqa: E402
+from pipeline.blend import log_loss, nested_meta  # noqa: E402
+from pipeline.catalog import read_json, write_text_atomic  # noqa: E402
+from pipeline.config import Config, apply_overrides  # noqa: E402
+from pipeline.stages import STAGES  # noqa: E402
+
+RESULTS = REPO / "bench" / "results" / "lgbm_sweep.md"
+INPUTS = ["tfidf", "length", "structure", "overlap"]
+# label -> (member name, LightGBM params or "svd128")
+VARIANTS = {
+    "default": ("lgbm_tfidf", {}),
+    "refit": ("v_refit", {"refit": True}),
+    "learning_rate 0.02": ("v_lr02", {"learning_rate": 0.02}),
+    "num_leaves 7, min_data_in_leaf 80": ("v_small", {"num_leaves": 7, "min_data_in_leaf": 80}),
+    "feature_fraction 0.3": ("v_ff3", {"feature_fraction": 0.3}),
+    "lambda_l2 20, min_data_in_leaf 60": ("v_l2", {"lambda_l2": 20.0, "min_data_in_leaf": 60}),
+    "svd_dims 128": ("v_svd128", "svd128"),
+}
+FILES = ("hh_rlhf_harmless_base_test", "hh_rlhf_helpful_base_test", "lfqa_experts_human",
+         "pandalm_test", "vicuna80_qlora_mturk_human")
+# Bars of issue #10 (bench/results/quality.md, 2026-12-04).
+BARS = {"hh_rlhf_harmless_base_test": 0.6326, "hh_rlhf_helpful_base_test": 0.6441,
+        "lfqa_experts_human": 0.5696, "pandalm_test": 0.7835, "vicuna80_qlora_mturk_human": 0.8454}
+
+
+def _member(name: str, params) -> dict:
+    if params == "svd128":
+        return {"kind": "lgbm", "inputs": [{"tfidf": {"svd_dims": 128}}, *INPUTS[1:]]}
+    return {"kind": "lgbm", "inputs": INPUTS, "params": dict(params)}
+
+
+def run_file(path: Path, workdir: Path, seed: int) -> dict:
+    base = Config()
+    data_dir = workdir / "bench_data" / path.stem
+    train_path, test_path, _ = split_file(path, data_dir, None, seed)
+    names = {v: name for v, (name, _) in VARIANTS.items()}
+    members = {**base.stack.members, **{name: _member(name, p)
+                                        for v, (name, p) in VARIANTS.items() if v != "default"}}
+    cfg = apply_overrides(base, {"name": f"lgbm-sweep-{path.stem}",
+                                 "stack": {"members": members, "use_finetune": False}})
+    ctx = _ctx(cfg, workdir, train_path, test_path)
+    t0 = time.perf_counter()
+    for stage in ("embed", "features", "stack"):
+        STAGES[stage].load()(ctx)
+    metrics = read_json(ctx.run_dir / "metrics.json")
+    oof = pd.read_parquet(ctx.run_dir / "oof.parquet")
+    y = oof["label"].to_numpy().astype(np.int64)
+    folds = oof["fold"].to_numpy().astype(np.int64)
+    proba = {n: oof[[f"{n}_a", f"{n}_b", f"{n}_tie"]].to_numpy() for n in members}
+    rest = [proba[n] for n in base.stack.members if n != "lgbm_tfidf"]
+    out = {}
+    for v in VARIANTS:
+        n = names[v]
+        out[v] = {"member": metrics["members"][n]["oof_log_loss"],
+                  "stack": log_loss(y, nested_meta([proba[n]] + rest, y, folds, base.stack.meta_C))}
+    return {"file": path.stem, "variants": out, "seconds": time.perf_counter() - t0}
+
+
+def table(rows: list[dict], load: str) -> str:
+    files = [r["file"] for r in rows]
+    lines = [
+        "# LightGBM settings of lgbm_tfidf, on every shared file",
+        "",
+        f"Written {time.strftime('%Y-%m-%d %H:%M')} by `python bench/lgbm_sweep.py`. Machine: "
+        f"{platform.machine()}, {os.cpu_count()} CPU cores, load average at start {load}. "
+        "OOF log loss, prompt-grouped 5 folds (bench/quality.py's split). Each cell: the "
+        "variant alone / the default stack with it in lgbm_tfidf's place (nested level-2 "
+        "blend). Seven settings tried: choosing the best of them is slightly "
+        "optimistic.",
+        "",
+        "| lgbm_tfidf setting | " + " | ".join(files) + " | mean (stack) | files where the stack beats the default's |",
+        "|---|" + "---|" * (len(files) + 2),
+    ]
+    base = {r["file"]: r["variants"]["default"]["stack"] for r in rows}
+    for v in VARIANTS:
+        cells, stacks, better = [], [], 0
+        for r in rows:
+            c = r["variants"][v]
+            stacks.append(c["stack"])
+            better += c["stack"] < base[r["file"]] - 1e-4
+            cells.append(f"{c['member']:.4f} / {c['stack']:.4f}")
+        lines.append(f"| {v} | " + " | ".join(cells) + f" | {np.mean(stacks):.4f} | {better} |")
+    lines += ["", "Bar per file (issue #10): " + ", ".join(
+        f"{f} {BARS[f]:.4f}" for f in files if f in BARS)]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    p.add_argument("--workdir", type=Path,
+                   default=Path(os.environ.get("PREFSTACK_BENCH_DIR", "/tmp/prefstack-bench")))
+    p.add_argument("--seed", type=int, default=0, help="seed of the held-out split (as quality.py)")
+    p.add_argument("--out", type=Path, default=RESULTS)
+    args = p.parse_args(argv)
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    rows = []
+    for stem in FILES:
+        path = args.data / f"{stem}.csv"
+        if not path.is_file():
+            print(f"skip {stem}: {path} not found")
+            continue
+        rows.append(run_file(path, args.workdir, args.seed))
+        print(stem, json.dumps({v: [round(c["member"], 4), round(c["stack"], 4)]
+                                for v, c in rows[-1]["variants"].items()}), flush=True)
+    text = table(rows, load)
+    write_text_atomic(args.out, text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
