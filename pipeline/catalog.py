@@ -158,6 +158,13 @@ class WorkerWriteError(RuntimeError):
     """A unit running in a worker tried to write into the workdir."""
 
 
+def check_driver_write(path: str | Path) -> None:
+    """Raise WorkerWriteError when called inside an executor's unit (single-writer rule)."""
+    if _WORKER_UNIT is not None:
+        raise WorkerWriteError(f"unit {_WORKER_UNIT!r} tried to write {path} from a worker; "
+                               "units return arrays and the driver writes caches")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is renamed onto ``path``.
@@ -166,9 +173,7 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     :func:`sweep_stale_temp_files` can tell the leftovers of a killed process from a live
     writer's file. Raises WorkerWriteError inside an executor's worker.
     """
-    if _WORKER_UNIT is not None:
-        raise WorkerWriteError(f"unit {_WORKER_UNIT!r} tried to write {path} from a worker; "
-                               "units return arrays and the driver writes caches")
+    check_driver_write(path)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{host_tag()}~{os.getpid()}-",

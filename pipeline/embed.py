@@ -563,20 +563,28 @@ class ModelEncoder:
             log.debug("embed: fast tokenisation path %s", "on" if self._fast else "off")
         return self._fast
 
+    def export(self) -> Path | None:
+        """The exported model file of a backend other than torch, exported now if it is
+        missing (None for torch)."""
+        if self.backend == "torch":
+            return None
+        from pipeline.embed_backends import BackendError, exported_model
+
+        if not self._fast_ok():
+            raise BackendError(f"embed.backend={self.backend} needs a plain sentence-transformers "
+                               "model (a Hugging Face transformer, then pooling) with a fast "
+                               "tokenizer; use embed.backend: torch for this model")
+        if self.export_dir is None:
+            raise BackendError(f"embed.backend={self.backend}: no folder to export the model to")
+        return exported_model(self.model, self.backend, self.quantize, self.export_dir,
+                              lambda texts: _st_features(texts, *self._tok_args))
+
     def _backend_runner(self):
         """The ONNX Runtime / OpenVINO runner of the exported transformer (made once)."""
         if self._runner is None:
-            from pipeline.embed_backends import BackendError, exported_model, make_runner
+            from pipeline.embed_backends import make_runner
 
-            if not self._fast_ok():
-                raise BackendError(f"embed.backend={self.backend} needs a plain sentence-transformers "
-                                   "model (a Hugging Face transformer, then pooling) with a fast "
-                                   "tokenizer; use embed.backend: torch for this model")
-            if self.export_dir is None:
-                raise BackendError(f"embed.backend={self.backend}: no folder to export the model to")
-            path = exported_model(self.model, self.backend, self.quantize, self.export_dir,
-                                  lambda texts: _st_features(texts, *self._tok_args))
-            self._runner = make_runner(path, self.backend)
+            self._runner = make_runner(self.export(), self.backend)
         return self._runner
 
     def _pool(self, n_texts: int):
@@ -831,6 +839,8 @@ def _embed(ctx, cache: EmbeddingCache, texts: list[str], model: str,
                            desc=f"embed {slug(model)}")
     ex = ctx.executor
     device, gpus = ctx.unit_device()
+    if cfg.backend != "torch":  # exported here, once: the workers only read the files
+        model_encoder(cfg, model, "cpu", ctx.catalog.stage_cache("models")).export()
     cpus = float(os.cpu_count() or 1)
     workers = int(getattr(ex, "gpus", 1)) if gpus else max(1, int(getattr(ex, "cpus", cpus) // cpus))
     factory = functools.partial(model_encoder, cfg, model, device, ctx.catalog.stage_cache("models"))

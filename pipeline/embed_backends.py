@@ -169,8 +169,11 @@ def exported_model(st_model, backend: str, quantize: str, folder: Path,
     target = folder / name
     if target.is_file():
         return target
-    from pipeline.catalog import file_lock
+    from pipeline.catalog import check_driver_write, file_lock
 
+    # Exported by the driver (pipeline.embed exports before starting workers): a worker
+    # that finds no file refuses to write one.
+    check_driver_write(target)
     folder.mkdir(parents=True, exist_ok=True)
     with file_lock(folder / ".lock"):
         if target.is_file():

@@ -45,6 +45,23 @@ def test_backends_give_the_torch_vectors_up_to_their_precision(torch_vectors, ex
     np.testing.assert_allclose(again, vectors, atol=1e-6)
 
 
+def test_workers_never_export_the_model_the_driver_does(tmp_path):
+    """On an engine with workers the driver exports the model before they start; a worker
+    that finds no exported file refuses to write one (the single-writer rule)."""
+    from pipeline.catalog import WorkerWriteError, worker_unit
+
+    cfg = EmbedConfig(backend="onnx")
+    encoder = model_encoder(cfg, "all-MiniLM-L6-v2", "cpu", tmp_path / "models")
+    with worker_unit("embed chunk 1/1"), pytest.raises(WorkerWriteError, match="embed chunk"):
+        encoder.export()
+    assert not list((tmp_path / "models").rglob("*.onnx"))
+    path = encoder.export()  # in the driver
+    assert path.is_file()
+    with worker_unit("embed chunk 1/1"):  # the worker then reads it
+        assert model_encoder(cfg, "all-MiniLM-L6-v2", "cpu", tmp_path / "models").export() == path
+    assert model_encoder(EmbedConfig(), "all-MiniLM-L6-v2", "cpu").export() is None
+
+
 def test_backend_and_quantisation_are_in_the_cache_key_and_torch_keys_stay():
     base = EmbedConfig()
     keys = {cache_key(dataclasses.replace(base, backend=b, quantize=q), "all-MiniLM-L6-v2")
