@@ -129,34 +129,51 @@ def transform(state: TfidfState, counts):
     """TF-IDF of ``counts`` under a fitted state: float32 CSR [n, n_kept]; each analyzer's
     part is L2-normalised and scaled by 1/sqrt(2), so a non-empty row has norm <= 1.
 
-    One pass over the non-zeros (a column map instead of sparse fancy indexing: 2-3x
-    faster on large sets); kept columns stay in order, so row indices stay sorted.
+    One pass over the non-zeros (a column map instead of sparse fancy indexing), with the
+    row structure kept as it is: the kept entries' row pointers come from a running count,
+    and each (row, analyzer) segment's norm from one ``reduceat`` over the stored order
+    (a row's columns are sorted and analyzers are column ranges, so each row holds its
+    analyzers' segments one after the other). Kept columns stay in order, so row indices
+    stay sorted. About 5x faster than per-entry row and group arrays on 60k-row folds.
     """
     import scipy.sparse as sp
 
     counts = counts.tocsr()
+    if not counts.has_sorted_indices:
+        counts = counts.sorted_indices()
     n, n_parts = counts.shape[0], len(state.columns)
-    colmap = np.full(n_parts * state.n_features, -1, dtype=np.int64)
     bounds = np.cumsum([0] + [len(c) for c in state.columns])
+    width, nnz = int(bounds[-1]), counts.nnz
+    colmap = np.full(n_parts * state.n_features, -1, dtype=np.int32)
     for part, cols in enumerate(state.columns):
-        colmap[part * state.n_features + np.asarray(cols, dtype=np.int64)] = np.arange(bounds[part], bounds[part + 1])
-    idf = np.concatenate([np.asarray(i, dtype=np.float32) for i in state.idf]) if n_parts else \
-        np.zeros(0, np.float32)
-    new = colmap[counts.indices[: counts.nnz]] if counts.nnz else np.zeros(0, np.int64)
+        colmap[part * state.n_features + np.asarray(cols, dtype=np.int64)] = \
+            np.arange(bounds[part], bounds[part + 1], dtype=np.int32)
+    new = colmap[counts.indices[:nnz]]
     keep = new >= 0
-    rows = np.repeat(np.arange(n, dtype=np.int64), np.diff(counts.indptr))[keep]
+    kept = np.zeros(nnz + 1, dtype=np.int64)
+    np.cumsum(keep, out=kept[1:])
+    indptr = kept[counts.indptr]
     cols = new[keep]
-    data = counts.data[: counts.nnz][keep].astype(np.float32)
+    total = len(cols)
+    if total == 0:
+        return sp.csr_matrix((n, width), dtype=np.float32)
+    idf = np.concatenate([np.asarray(i, dtype=np.float32) for i in state.idf])
+    data = counts.data[:nnz][keep].astype(np.float32, copy=False)
     if state.sublinear_tf:
         data = 1.0 + np.log(data)
     data = data * idf[cols]
-    part_of = np.searchsorted(bounds, cols, side="right") - 1
-    group = rows * max(n_parts, 1) + part_of
-    norms = np.sqrt(np.bincount(group, weights=np.square(data, dtype=np.float64),
-                                minlength=n * max(n_parts, 1)))
-    data = (data / (norms[group] * np.sqrt(2.0))).astype(np.float32)
-    indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=n))])
-    return sp.csr_matrix((data, cols.astype(np.int32), indptr), shape=(n, int(bounds[-1])))
+    # Segment starts, row by row: the row's start, then where each later analyzer begins.
+    starts = [indptr[:-1]]
+    for part in range(1, n_parts):
+        below = np.zeros(total + 1, dtype=np.int64)
+        np.cumsum(cols < bounds[part], out=below[1:])
+        starts.append(indptr[:-1] + (below[indptr[1:]] - below[indptr[:-1]]))
+    seg = np.stack(starts, axis=1).ravel()
+    lengths = np.diff(np.append(seg, total))
+    sums = np.add.reduceat(np.square(data, dtype=np.float64), np.minimum(seg, total - 1))
+    sums[lengths == 0] = 0.0  # reduceat gives an empty segment its next element
+    data = (data / (np.repeat(np.sqrt(sums), lengths) * np.sqrt(2.0))).astype(np.float32)
+    return sp.csr_matrix((data, cols, indptr), shape=(n, width))
 
 
 def _row_dot(x, y) -> np.ndarray:

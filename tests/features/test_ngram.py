@@ -40,6 +40,43 @@ def test_transform_rows_are_normalised_and_empty_rows_zero():
     assert np.isfinite(T.data).all()
 
 
+def _reference_tfidf(state, counts) -> np.ndarray:
+    """The definition, dense and slow: kept columns, 1 + log tf, IDF, each analyzer's part
+    L2-normalised, times 1/sqrt(2)."""
+    dense = counts.toarray().astype(np.float64)
+    parts = []
+    for part, (cols, idf) in enumerate(zip(state.columns, state.idf)):
+        block = dense[:, part * state.n_features + np.asarray(cols, dtype=np.int64)]
+        block = np.where(block > 0, 1.0 + np.log(np.where(block > 0, block, 1.0)), 0.0) * idf
+        norms = np.linalg.norm(block, axis=1, keepdims=True)
+        parts.append(np.divide(block, norms * np.sqrt(2.0), out=np.zeros_like(block), where=norms > 0))
+    return np.hstack(parts)
+
+
+def test_transform_equals_the_definition_whatever_the_rows():
+    """Empty rows, rows with one analyzer only, dropped columns, unsorted input indices."""
+    rng = np.random.default_rng(0)
+    texts = TEXTS + ["zzz", "", "q", "the the the the cat"]
+    counts = ngram.hashed_counts(texts, S)
+    fitted_on = ngram.fit_tfidf(counts[:5], {**S, "min_df": 2})  # most columns dropped
+    words_only = ngram.settings({**S, "analyzers": ["word"]})
+    word_counts = ngram.hashed_counts(texts, words_only)
+    for state, c in [(ngram.fit_tfidf(counts, S), counts), (fitted_on, counts),
+                     (ngram.fit_tfidf(word_counts, words_only), word_counts)]:
+        T = ngram.transform(state, c)
+        assert T.dtype == np.float32 and T.has_sorted_indices
+        np.testing.assert_allclose(T.toarray(), _reference_tfidf(state, c), atol=1e-6)
+        shuffled = c.copy()  # the same matrix with each row's entries stored out of order
+        for r in range(shuffled.shape[0]):
+            lo, hi = shuffled.indptr[r], shuffled.indptr[r + 1]
+            order = lo + rng.permutation(hi - lo)
+            shuffled.indices[lo:hi], shuffled.data[lo:hi] = shuffled.indices[order], shuffled.data[order]
+        shuffled.has_sorted_indices = False
+        assert (ngram.transform(state, shuffled) != T).nnz == 0
+    nothing = ngram.transform(fitted_on, counts[[2, 9]])  # empty texts only
+    assert nothing.shape == (2, sum(len(c) for c in fitted_on.columns)) and nothing.nnz == 0
+
+
 def test_pair_blocks_swap_is_the_blocks_of_the_swapped_pair():
     counts = ngram.hashed_counts(TEXTS, S)
     p, a, b = counts[[0, 1, 2]], counts[[3, 4, 5]], counts[[6, 7, 0]]
