@@ -54,8 +54,11 @@ SUBSETS = REPO / "bench" / "results" / "quality_subsets.md"
 # Candidate members; the default stack.members is the subset chosen from these.
 CANDIDATES = {
     "lgbm_all": ["all"],
-    "lgbm_tfidf": {"kind": "lgbm", "inputs": ["tfidf", "length", "structure", "overlap"]},
-    "linear_tfidf": {"kind": "linear", "inputs": ["tfidf"]},
+    "lgbm_tfidf": {"kind": "lgbm", "inputs": ["tfidf", "length", "structure", "overlap"],
+                   "params": {"learning_rate": 0.02}},
+    "linear_tfidf": {"kind": "linear", "inputs": [{"tfidf": {"blocks": ["diff"]}}]},
+    # The sparse TF-IDF member as it was before 2026-12-04: [A - B, A + B] blocks.
+    "linear_tfidf_ab": {"kind": "linear", "inputs": ["tfidf"]},
     "linear_emb": {"kind": "linear", "inputs": ["embedding-full"]},
     "linear_len": {"kind": "linear", "inputs": ["length"]},
     "linear_all": {"kind": "linear", "inputs": ["all"]},
