@@ -129,7 +129,7 @@ def _peer_oof(workdir: Path, stem: str, name: str, run, key) -> np.ndarray:
 def run_file(path: Path, workdir: Path, limit: int | None, base_cfg, seed: int) -> dict:
     """Candidates, default stack and peers on one file; returns its results."""
     from pipeline.embed import embeddings_for
-    from pipeline.folds import load_or_make_folds, prompt_groups
+    from pipeline.folds import prompt_groups
 
     stem = path.stem
     data_dir = workdir / "bench_data" / (stem + (f"-limit{limit}" if limit else ""))
