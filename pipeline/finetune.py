@@ -50,7 +50,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -556,13 +556,22 @@ def _fold_result(plan: Plan, k: int, results: list[dict], device: str) -> dict:
     return {"val": val, "test": np.mean([r["test"] for r in results], axis=0), "metrics": metrics}
 
 
-def read_fold(path: Path, meta: dict):
-    """Reader of kind "finetune-fold": (OOF logits, test logits) of a finished fold scored
-    on this test file, else None."""
-    plan, k = meta["plan"], meta["fold"]
-    oof = _read_logits(path / "oof.parquet", meta["rows"], with_fold=True)
+def _fold_oof(plan: Plan, k: int) -> pd.DataFrame | None:
+    """Fold k's OOF logits when the fold is finished (every one of its rows), else None."""
+    rows = int((plan.train["fold"].to_numpy() == k).sum())
+    return _read_logits(plan.fold_dir(k) / "oof.parquet", rows, with_fold=True)
+
+
+def _fold_logits(plan: Plan, k: int) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """(OOF logits, test logits) of fold k finished and scored on this test file, else None."""
+    oof = _fold_oof(plan, k)
     test = _read_logits(plan.fold_test_path(k), len(plan.test)) if oof is not None else None
     return None if test is None else (oof, test)
+
+
+def read_fold(path: Path, meta: dict):
+    """Reader of kind "finetune-fold" (``path`` is the plan's fold folder)."""
+    return _fold_logits(meta["plan"], meta["fold"])
 
 
 def write_fold(path: Path, result: dict, meta: dict) -> None:
@@ -580,14 +589,14 @@ def write_fold(path: Path, result: dict, meta: dict) -> None:
     write_provenance(oof_path, key_config(plan.cfg), rows=len(va), fold=k, key=plan.key)
 
 
-def _fold_items(plan: Plan, folds: list[int], counts: pd.Series) -> list:
+def _fold_items(plan: Plan, folds: list[int]) -> list:
     from pipeline.artifacts import Item
 
     return [Item(names={"model": slug(plan.cfg.model), "fold": k}, key=plan.key_parts,
-                 meta={"plan": plan, "fold": k, "rows": int(counts.get(k, 0))}) for k in folds]
+                 meta={"plan": plan, "fold": k}) for k in folds]
 
 
-def _compute_folds(ctx, plan: Plan, folds: list[int], retrain: bool, packing) -> list:
+def _compute_folds(ctx, plan: Plan, folds: list[int], retrain: bool, packing) -> Iterator[dict]:
     """Results of ``folds`` in order: a fold trained before (its OOF logits are there and
     ``retrain`` is off) scores this test file with its saved models; the others train
     every seed as units of the run's executor (on a Ray cluster with GPUs, K folds on K
@@ -596,9 +605,7 @@ def _compute_folds(ctx, plan: Plan, folds: list[int], retrain: bool, packing) ->
 
     from pipeline.executors.base import Unit
 
-    counts = plan.train["fold"].value_counts()
-    trained = {k for k in folds if not retrain and _read_logits(
-        plan.fold_dir(k) / "oof.parquet", int(counts.get(k, 0)), with_fold=True) is not None}
+    trained = {k for k in folds if not retrain and _fold_oof(plan, k) is not None}
     to_train = [k for k in folds if k not in trained]
     for k in to_train:
         _fold_rows(plan, k)  # an empty fold fails before anything trains
@@ -626,12 +633,11 @@ def _compute_folds(ctx, plan: Plan, folds: list[int], retrain: bool, packing) ->
 def _assemble(plan: Plan) -> tuple[pd.DataFrame, pd.DataFrame] | None:
     """All folds' logits -> oof.parquet and test-<hash>.parquet; None if a fold is missing."""
     oofs, tests = [], []
-    counts = plan.train["fold"].value_counts()
     for k in range(plan.n_folds):
-        oof = _read_logits(plan.fold_dir(k) / "oof.parquet", int(counts.get(k, 0)), with_fold=True)
-        test = _read_logits(plan.fold_test_path(k), len(plan.test))
-        if oof is None or test is None:
+        got = _fold_logits(plan, k)
+        if got is None:
             return None
+        oof, test = got
         oofs.append(oof)
         tests.append(test.set_index("id").loc[plan.test["id"], LOGITS].to_numpy())
     oof = pd.concat(oofs, ignore_index=True)
@@ -692,9 +698,7 @@ def run_stage(ctx) -> None:
 
     from pipeline.artifacts import get_or_compute_many
 
-    counts = plan.train["fold"].value_counts()
-    finished = {k for k in range(plan.n_folds) if _read_logits(
-        plan.fold_dir(k) / "oof.parquet", int(counts.get(k, 0)), with_fold=True) is not None}
+    finished = {k for k in range(plan.n_folds) if _fold_oof(plan, k) is not None}
     for k in sorted(set(range(plan.n_folds)) - wanted - finished):
         log.info("finetune: fold %d not in finetune.folds, skipped", k)
     # --force retrains the folds asked for; a finished fold outside them only scores a
@@ -704,7 +708,7 @@ def run_stage(ctx) -> None:
                                    else wanted | finished), False)):
         if not folds:
             continue
-        items = _fold_items(plan, folds, counts)
+        items = _fold_items(plan, folds)
 
         def settled(i: int, obj, hit: bool, seconds: float, folds=folds) -> None:
             if hit:

@@ -125,7 +125,7 @@ def test_folds_are_declared_artifacts_and_force_retrains_only_the_folds_asked_fo
     FT.run_stage(ctx)
     assert calls == ["fold 0 seed 0", "fold 1 seed 0"]
     plan = FT.make_plan(ctx)
-    items = FT._fold_items(plan, [0, 1], plan.train["fold"].value_counts())
+    items = FT._fold_items(plan, [0, 1])
     for k, item in enumerate(items):  # the declared kind names the stage's own folders
         assert path_of(ctx.catalog, KINDS["finetune-fold"], item) == plan.fold_dir(k)
         assert lock_of(ctx.catalog, KINDS["finetune-fold"], item).parent == plan.model_dir
