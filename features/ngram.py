@@ -5,9 +5,10 @@ fitted one is cheap enough to redo inside every fold:
 
 1. ``hashed_counts``: term counts of word n-grams and character n-grams (within word
    boundaries), hashed into a fixed number of columns. Nothing is learned from the data.
-2. ``fit_tfidf`` (on the training rows' documents only): which columns to keep (document
-   frequency >= min_df, at most max_features of the most frequent), their IDF weights and,
-   for dense consumers, a TruncatedSVD. ``transform`` applies a fitted state.
+2. ``fit_idf`` (on the training rows' documents only): which columns to keep (document
+   frequency >= min_df, at most max_features of the most frequent) and their IDF weights;
+   ``with_svd`` adds a TruncatedSVD for dense consumers (``fit_tfidf`` does both).
+   ``transform`` applies a fitted state.
 
 ``pair_blocks`` turns the three roles into the features a member reads, with their A/B
 swap: the A - B block negates under a swap, A + B and cos(A, B) stay, cos(P, A) and
@@ -89,12 +90,11 @@ class TfidfState:
     extra: dict = field(default_factory=dict)
 
 
-def fit_tfidf(docs, s: dict, svd_docs=None, seed: int = 0) -> TfidfState:
-    """Fit column selection and IDF on ``docs`` (CSR counts [n_docs, k * n_features]).
+def fit_idf(docs, s: dict) -> TfidfState:
+    """Column selection and IDF fitted on ``docs`` (CSR counts [n_docs, k * n_features]).
 
-    ``svd_docs``: counts of the documents the SVD is fitted on (A and B texts of the same
-    training rows; at most ``svd_max_docs`` of them drawn with ``seed``), or None for no
-    SVD. Returns: TfidfState.
+    Returns: TfidfState without SVD. Nothing here depends on ``blocks`` or the SVD
+    settings, so views that differ only in those can share one fit.
     """
     n_feat = int(s["n_features"])
     columns, idf = [], []
@@ -108,21 +108,35 @@ def fit_tfidf(docs, s: dict, svd_docs=None, seed: int = 0) -> TfidfState:
             keep = np.sort(keep[order[: int(s["max_features"])]])
         columns.append(keep)
         idf.append((np.log((1.0 + n) / (1.0 + df[keep])) + 1.0).astype(np.float32))
-    state = TfidfState(columns=columns, idf=idf, n_features=n_feat,
-                       sublinear_tf=bool(s["sublinear_tf"]), n_docs=n)
-    if svd_docs is not None and int(s["svd_dims"]) > 0:
-        from sklearn.decomposition import TruncatedSVD
+    return TfidfState(columns=columns, idf=idf, n_features=n_feat,
+                      sublinear_tf=bool(s["sublinear_tf"]), n_docs=n)
 
-        cap = s.get("svd_max_docs")
-        if cap is not None and svd_docs.shape[0] > int(cap):
-            pick = np.sort(np.random.default_rng(seed).choice(svd_docs.shape[0], int(cap), replace=False))
-            svd_docs = svd_docs[pick]
-        X = transform(state, svd_docs)
-        k = int(min(int(s["svd_dims"]), max(1, min(X.shape) - 1)))
-        svd = TruncatedSVD(n_components=k, algorithm="randomized", n_iter=4, random_state=seed)
-        svd.fit(X)
-        state.svd = svd.components_.T.astype(np.float32)
-    return state
+
+def with_svd(state: TfidfState, svd_docs, s: dict, seed: int = 0) -> TfidfState:
+    """A copy of ``state`` with a TruncatedSVD fitted on the TF-IDF of ``svd_docs`` (counts
+    of the A and B texts of the same training rows; at most ``svd_max_docs`` of them, drawn
+    with ``seed``). ``svd_dims`` 0 gives the state unchanged."""
+    import dataclasses
+
+    if int(s["svd_dims"]) <= 0:
+        return state
+    from sklearn.decomposition import TruncatedSVD
+
+    cap = s.get("svd_max_docs")
+    if cap is not None and svd_docs.shape[0] > int(cap):
+        pick = np.sort(np.random.default_rng(seed).choice(svd_docs.shape[0], int(cap), replace=False))
+        svd_docs = svd_docs[pick]
+    X = transform(state, svd_docs)
+    k = int(min(int(s["svd_dims"]), max(1, min(X.shape) - 1)))
+    svd = TruncatedSVD(n_components=k, algorithm="randomized", n_iter=4, random_state=seed)
+    svd.fit(X)
+    return dataclasses.replace(state, svd=svd.components_.T.astype(np.float32))
+
+
+def fit_tfidf(docs, s: dict, svd_docs=None, seed: int = 0) -> TfidfState:
+    """``fit_idf`` on ``docs``, then ``with_svd`` on ``svd_docs`` unless it is None."""
+    state = fit_idf(docs, s)
+    return state if svd_docs is None else with_svd(state, svd_docs, s, seed)
 
 
 def transform(state: TfidfState, counts):

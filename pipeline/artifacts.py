@@ -64,7 +64,9 @@ KINDS: dict[str, Kind] = {k.name: k for k in (
          "hashing settings, turn separator, the split's ids and texts",
          "pipeline.views:read_counts", "pipeline.views:write_counts"),
     Kind("view-state", "views", "{view}-state-{key}.pkl",
-         "view settings, the data's content, folds and fold (not for fit: all), seed",
+         "view settings, the view's own data content, folds and fold (not for fit: all), "
+         "seed; a TF-IDF view's column choice and IDF are an entry of their own (tfidf-idf), "
+         "shared by views that differ only in blocks or SVD settings",
          "pipeline.views:read_state", "pipeline.views:write_state"),
     Kind("stack-member", "stack", "{member}-{key}",
          "learner kind and resolved params, views, seeds, swap settings, data content, "

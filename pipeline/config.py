@@ -105,7 +105,7 @@ class StackConfig:
     n_folds: int = 5
     # Seed of the fold assignment (saved once per training set).
     fold_seed: int = 42
-    # LightGBM seeds averaged per member.
+    # Seeds averaged per member (a member's own ``seeds`` replaces them for it).
     seeds: tuple[int, ...] = (0,)
     # Train on each row in both orders (A/B swapped, label permuted).
     swap_augment: bool = True
@@ -124,10 +124,12 @@ class StackConfig:
     refit: bool = False
     # LightGBM parameters merged over the defaults in pipeline.stack.
     lgbm_params: dict = field(default_factory=dict)
-    # Members: name -> {kind, inputs, params}. kind: a learner of pipeline.learners ("lgbm",
-    # "linear"); inputs: feature groups ("length", ..., "all") and/or views ("tfidf",
-    # "embedding-full", or {tfidf: {fit: all, ...}}); params: the learner's own (for lgbm,
-    # merged over lgbm_params). A bare list of groups is an lgbm member.
+    # Members: name -> {kind, inputs, params, seeds}. kind: a learner of pipeline.learners
+    # ("lgbm", "linear"); inputs: feature groups ("length", ..., "all") and/or views
+    # ("tfidf", "embedding-full", or {tfidf: {fit: all, ...}}); params: the learner's own
+    # (for lgbm, merged over lgbm_params); seeds (optional): this member's own seeds
+    # instead of stack.seeds (LightGBM differs by seed; the linear learner barely does).
+    # A bare list of groups is an lgbm member.
     # Default: the set (and blend) best across the five shared benchmark files, chosen from
     # every subset of six candidates (bench/quality.py; README "Quality") among the sets
     # that meet the 60k-row speed target. lgbm_tfidf's learning rate 0.02: best of seven

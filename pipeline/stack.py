@@ -55,6 +55,7 @@ class MemberSpec:
     kind: str
     inputs: list
     params: dict = field(default_factory=dict)
+    seeds: tuple[int, ...] | None = None   # None: stack.seeds
 
 
 def member_spec(name: str, spec) -> MemberSpec:
@@ -62,7 +63,8 @@ def member_spec(name: str, spec) -> MemberSpec:
 
     Forms: a list of feature groups (an ``lgbm`` member, as before), ``{groups: [...],
     params: {...}}`` (the same with LightGBM params), or ``{kind: linear, inputs: [tfidf,
-    length], params: {...}}``. Raises ValueError naming the member and the fix.
+    length], params: {...}}``; any mapping may hold ``seeds: [...]``, the member's own
+    ``stack.seeds``. Raises ValueError naming the member and the fix.
     """
     where = f"stack.members.{name}"
     if isinstance(spec, str):
@@ -70,12 +72,12 @@ def member_spec(name: str, spec) -> MemberSpec:
     if isinstance(spec, (list, tuple)):
         return MemberSpec(name, "lgbm", list(spec))
     if isinstance(spec, dict):
-        allowed = {"kind", "inputs", "groups", "params"}
+        allowed = {"kind", "inputs", "groups", "params", "seeds"}
         unknown = set(spec) - allowed
         inputs = spec.get("inputs", spec.get("groups"))
         if unknown or inputs is None or ("inputs" in spec and "groups" in spec):
             raise ValueError(f"{where}: expected a list of feature groups or {{kind: lgbm|linear, "
-                             f"inputs: [...], params: {{...}}}}, got keys {sorted(spec)}")
+                             f"inputs: [...], params: {{...}}, seeds: [...]}}, got keys {sorted(spec)}")
         kind = spec.get("kind", "lgbm")
         try:
             learner_class(kind)
@@ -84,8 +86,16 @@ def member_spec(name: str, spec) -> MemberSpec:
         params = spec.get("params") or {}
         if not isinstance(params, dict):
             raise ValueError(f"{where}.params: expected a mapping, got {params!r}")
+        seeds = spec.get("seeds")
+        if seeds is not None:
+            if (not isinstance(seeds, (list, tuple)) or not seeds
+                    or not all(isinstance(x, int) and not isinstance(x, bool) for x in seeds)
+                    or len(set(seeds)) != len(seeds)):
+                raise ValueError(f"{where}.seeds: expected a non-empty list of distinct integers "
+                                 f"(the member's own stack.seeds), got {seeds!r}")
+            seeds = tuple(int(x) for x in seeds)
         return MemberSpec(name, kind, [inputs] if isinstance(inputs, (str, dict)) else list(inputs),
-                          dict(params))
+                          dict(params), seeds)
     raise ValueError(f"{where}: expected a list of feature groups or a mapping, got {spec!r}")
 
 
@@ -188,15 +198,19 @@ def hstack(blocks: list, sparse_ok: bool):
     return blocks[0] if len(blocks) == 1 else np.hstack(blocks).astype(np.float32)
 
 
-def fold_matrices_of(ctx, views: list, preps: list, sparse_ok: bool, key_parts: dict,
+def fold_matrices_of(ctx, views: list, preps: list, sparse_ok: bool, key_parts: list[dict],
                      stats: dict | None = None):
-    """``fold_matrices(k, rows)`` for pipeline.crossfit: each view fitted (or read) for fold k."""
+    """``fold_matrices(k, rows)`` for pipeline.crossfit: each view fitted (or read) for fold k.
+
+    ``key_parts``: per view, what identifies its data (its own content hashes and the
+    folds), so members reading the same view with the same settings share its states.
+    """
 
     def build(k: int, rows: np.ndarray) -> FoldMatrices:
         t0 = time.perf_counter()
         tr, tr_sw, te, te_sw, names, states = [], [], [], [], [], {}
-        for view, (p_train, p_test) in zip(views, preps):
-            state, data, hit = fitted_state(ctx, view, k, rows, p_train, p_test, key_parts)
+        for view, (p_train, p_test), parts in zip(views, preps, key_parts):
+            state, data, hit = fitted_state(ctx, view, k, rows, p_train, p_test, parts)
             if stats is not None and view.fit_mode != "none":
                 stats["view_hits" if hit else "view_fits"] += 1
             if data is not None:
@@ -413,6 +427,7 @@ def fit_member_cached(ctx, spec: MemberSpec, inp: StackInputs, stats: dict | Non
     params = learner_params(cfg, spec)
     resolved = cls(params).config()  # unknown or forbidden params fail before any view is prepared
     views = member_views(ctx, spec)
+    seeds = spec.seeds if spec.seeds is not None else tuple(cfg.seeds)
     src_train, src_test = inp.sources()
     t0 = time.perf_counter()
     preps = [(v.prepare(ctx, src_train), v.prepare(ctx, src_test)) for v in views]
@@ -423,7 +438,7 @@ def fit_member_cached(ctx, spec: MemberSpec, inp: StackInputs, stats: dict | Non
                 "folds": array_hash(inp.train_ids, inp.folds)}
     settings = {
         "kind": spec.kind, "params": resolved, "views": [v.key() for v in views],
-        "seeds": list(cfg.seeds), "swap_augment": cfg.swap_augment, "swap_tta": cfg.swap_tta,
+        "seeds": list(seeds), "swap_augment": cfg.swap_augment, "swap_tta": cfg.swap_tta,
         "inner_valid_fraction": cfg.inner_valid_fraction,
     }
     from pipeline.artifacts import Item, get_or_compute
@@ -438,13 +453,13 @@ def fit_member_cached(ctx, spec: MemberSpec, inp: StackInputs, stats: dict | Non
 
     def fit_member() -> MemberFit:
         t0 = time.perf_counter()
-        n_models = len(np.unique(inp.folds)) * len(cfg.seeds)
-        fold_key = {"train_content": data_key["train"], "test_content": data_key["test"],
-                    "folds": data_key["folds"]}
-        build = fold_matrices_of(ctx, views, preps, cls.accepts_sparse, fold_key, stats)
+        n_models = len(np.unique(inp.folds)) * len(seeds)
+        fold_keys = [{"train_content": tr, "test_content": te, "folds": data_key["folds"]}
+                     for tr, te in zip(data_key["train"], data_key["test"])]
+        build = fold_matrices_of(ctx, views, preps, cls.accepts_sparse, fold_keys, stats)
         with Progress(n_models, f"stack: member {spec.name}", unit="model") as bar:
             fit = cross_fit(spec.kind, params, build, inp.y, inp.folds, inp.groups,
-                            len(inp.test_ids), seeds=tuple(cfg.seeds),
+                            len(inp.test_ids), seeds=seeds,
                             swap_augment=cfg.swap_augment, swap_tta=cfg.swap_tta,
                             inner_valid_fraction=cfg.inner_valid_fraction, progress=bar,
                             executor=ctx.executor, name=f"stack {spec.name}")

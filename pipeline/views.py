@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 VIEWS_VERSION = 1
 TFIDF, EMBEDDING_FULL = "tfidf", "embedding-full"
 VIEW_NAMES = (TFIDF, EMBEDDING_FULL)
+# TF-IDF settings that act after the IDF fit (which blocks a pair holds, the SVD).
+TFIDF_TOP_KEYS = ("blocks", "svd_dims", "svd_max_docs")
 
 
 @dataclass
@@ -175,6 +177,39 @@ class EmbeddingFullView:
 
 # ---------------------------------------------------------------- TF-IDF
 
+def _roles(prep, rows=None):
+    """The prompt, A and B parts of a split's stacked counts (prepared [3n, ...], n)."""
+    counts, n = prep
+    parts = [counts[i * n:(i + 1) * n] for i in range(3)]
+    return parts if rows is None else [p[rows] for p in parts]
+
+
+class TfidfBaseView:
+    """The part of a TF-IDF fit that views differing only in blocks, dense mode or SVD
+    settings share: column choice and IDF on the fold's prompt, A and B texts. Cached on
+    its own key (``fitted_state``), so two TF-IDF members fit it once per fold."""
+
+    name = "tfidf-idf"
+
+    def __init__(self, settings: dict, fit: str, turn_sep: str):
+        self.settings = {k: v for k, v in settings.items() if k not in TFIDF_TOP_KEYS}
+        self.fit_mode = fit
+        self.turn_sep = turn_sep
+
+    def key(self) -> dict:
+        return {"view": self.name, "settings": self.settings, "fit": self.fit_mode,
+                "turn_sep": self.turn_sep, "version": VIEWS_VERSION}
+
+    def fit(self, prep_train, rows, prep_test, seed: int):
+        import scipy.sparse as sp
+
+        from features import ngram
+
+        docs = _roles(prep_train, None if self.fit_mode == "all" else rows)
+        if self.fit_mode == "all" and prep_test is not None and prep_test[1]:
+            docs += _roles(prep_test)
+        return ngram.fit_idf(sp.vstack(docs, format="csr"), self.settings)
+
 class TfidfView:
     """Word + char n-gram TF-IDF; IDF, column choice and SVD fitted per fold (or on all texts)."""
 
@@ -189,6 +224,7 @@ class TfidfView:
         self.fit_mode = fit
         self.dense = bool(dense)
         self.turn_sep = turn_sep
+        self.base = TfidfBaseView(self.settings, fit, turn_sep)
 
     def key(self) -> dict:
         return {"view": TFIDF, "settings": self.settings, "fit": self.fit_mode,
@@ -235,32 +271,31 @@ class TfidfView:
                      digest(counts.data.tobytes()))
         return h
 
-    @staticmethod
-    def _roles(prep, rows=None):
-        counts, n = prep
-        parts = [counts[i * n:(i + 1) * n] for i in range(3)]
-        return parts if rows is None else [p[rows] for p in parts]
-
-    def fit(self, prep_train, rows, prep_test, seed: int):
-        """Fit on the training ``rows`` (bool [n_train]); with fit 'all', on every text."""
+    def fit_on(self, base_state, prep_train, rows, prep_test, seed: int):
+        """This view's state from the fold's shared IDF fit (``self.base``): the same
+        state for a sparse view, with an SVD fitted on the same rows' A and B texts (and,
+        with fit 'all', the test ones) for a dense one."""
         import scipy.sparse as sp
 
         from features import ngram
 
-        p, a, b = self._roles(prep_train, None if self.fit_mode == "all" else rows)
-        docs = [p, a, b]
+        if not self.dense:
+            return base_state
+        _, a, b = _roles(prep_train, None if self.fit_mode == "all" else rows)
+        svd_docs = [a, b]
         if self.fit_mode == "all" and prep_test is not None and prep_test[1]:
-            docs += self._roles(prep_test)
-            svd_docs = sp.vstack([a, b] + self._roles(prep_test)[1:], format="csr")
-        else:
-            svd_docs = sp.vstack([a, b], format="csr")
-        return ngram.fit_tfidf(sp.vstack(docs, format="csr"), self.settings,
-                               svd_docs=svd_docs if self.dense else None, seed=seed)
+            svd_docs += _roles(prep_test)[1:]
+        return ngram.with_svd(base_state, sp.vstack(svd_docs, format="csr"), self.settings, seed)
+
+    def fit(self, prep_train, rows, prep_test, seed: int):
+        """Fit on the training ``rows`` (bool [n_train]); with fit 'all', on every text."""
+        return self.fit_on(self.base.fit(prep_train, rows, prep_test, seed), prep_train, rows,
+                           prep_test, seed)
 
     def transform(self, state, prep):
         from features import ngram
 
-        p, a, b = self._roles(prep)
+        p, a, b = _roles(prep)
         return ngram.pair_blocks(state, p, a, b, dense=self.dense, blocks=self.settings["blocks"])
 
 
@@ -352,7 +387,12 @@ def fitted_state(ctx, view, fold: int, rows: np.ndarray, prep_train, prep_test,
 
     def fit():
         t0 = time.perf_counter()
-        state = view.fit(prep_train, rows, prep_test, seed)
+        base = getattr(view, "base", None)
+        if base is None:
+            state = view.fit(prep_train, rows, prep_test, seed)
+        else:  # the shared part from its own cache entry (fitted there when missing)
+            base_state, _, _ = fitted_state(ctx, base, fold, rows, prep_train, prep_test, key_parts)
+            state = view.fit_on(base_state, prep_train, rows, prep_test, seed)
         log.debug("view %s: fitted for fold %s in %.2fs", view.name, fold, time.perf_counter() - t0)
         return state, state_to_bytes(state)
 

@@ -200,6 +200,11 @@ def test_member_spec_forms():
         S.member_spec("m", {"group": ["all"]})
     with pytest.raises(ValueError, match="unknown learner kind 'xgb'"):
         S.member_spec("m", {"kind": "xgb", "inputs": ["all"]})
+    assert S.member_spec("m", {"inputs": ["all"], "seeds": [3, 1]}).seeds == (3, 1)
+    assert S.member_spec("m", {"inputs": ["all"]}).seeds is None
+    for bad in ([], [1, 1], [0.5], "0", [True]):
+        with pytest.raises(ValueError, match="stack.members.m.seeds"):
+            S.member_spec("m", {"inputs": ["all"], "seeds": bad})
 
 
 def test_lgbm_params_refuse_other_objectives():
@@ -302,7 +307,37 @@ def test_stage_writes_valid_outputs_and_reuses_cache(tmp_path, monkeypatch):
     assert len(calls) == 4
 
 
+from pipeline.crossfit import cross_fit as real_cross_fit  # noqa: E402
 from pipeline.learners.lgbm import train_booster as real_train  # noqa: E402
+
+
+def test_a_members_own_seeds_replace_stack_seeds_for_it_only(tmp_path, monkeypatch):
+    from pipeline import predict
+
+    _fake_feature_modules(monkeypatch)
+    members = {"lgbm_all": ["all"], "lgbm_len": ["length"]}
+    ctx = _ctx(tmp_path, stack={"members": members})
+    S.run_stage(ctx)
+    # seeds [0] is stack.seeds' default: the member's cache entry is the same one.
+    same = {**members, "lgbm_len": {"inputs": ["length"], "seeds": [0]}}
+    S.run_stage(_ctx(tmp_path, stack={"members": same}))
+    assert json.loads((ctx.run_dir / "metrics.json").read_text())["cache_hits"] == \
+        {"lgbm_all": True, "lgbm_len": True}
+    seeds = []
+    monkeypatch.setattr(S, "cross_fit", lambda *a, **k: seeds.append(k["seeds"]) or real_cross_fit(*a, **k))
+    three = {**members, "lgbm_len": {"inputs": ["length"], "seeds": [0, 1, 2]}}
+    S.run_stage(_ctx(tmp_path, stack={"members": three}))
+    metrics = json.loads((ctx.run_dir / "metrics.json").read_text())
+    assert metrics["cache_hits"] == {"lgbm_all": True, "lgbm_len": False} and seeds == [(0, 1, 2)]
+    member_dirs = sorted((tmp_path / "work" / "cache" / "stack").glob("lgbm_len-*/meta.json"))
+    counts = sorted(len(json.loads(m.read_text())["models"]) for m in member_dirs)
+    assert counts == [4, 12]  # 4 folds x 1 seed (before), 4 folds x 3 seeds (now)
+    # --stage predict reads every (fold, seed) model of the run back.
+    out = tmp_path / "preds.csv"
+    predict.run_stage(_ctx(tmp_path, name="other", run_name="t", out_path=out))
+    preds = pd.read_csv(out, dtype={"id": str})
+    sub = pd.read_csv(ctx.run_dir / "submission.csv", dtype={"id": str})
+    assert np.allclose(preds.iloc[:, 1:].to_numpy(), sub.iloc[:, 1:].to_numpy(), atol=1e-6)
 
 
 def test_predict_reproduces_the_submission_and_blends_finetune(tmp_path, monkeypatch):

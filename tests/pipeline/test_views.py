@@ -60,23 +60,28 @@ def _word_column(word: str, n_features: int) -> int:
 def test_fold_fitted_tfidf_never_sees_a_validation_row(tmp_path, fakes, monkeypatch):
     marked_rows(40).to_csv(tmp_path / "train.csv", index=False)
     marked_rows(7, start=500, with_labels=False).to_csv(tmp_path / "test.csv", index=False)
-    seen = []
-    real = ngram.fit_tfidf
+    seen = {"idf": [], "svd": []}
+    real_idf, real_svd = ngram.fit_idf, ngram.with_svd
 
-    def recording(docs, s, svd_docs=None, seed=0):
-        present = set(docs.indices) | (set(svd_docs.indices) if svd_docs is not None else set())
-        seen.append(present)
-        return real(docs, s, svd_docs, seed)
+    def recording_idf(docs, s):
+        seen["idf"].append(set(docs.indices))
+        return real_idf(docs, s)
 
-    monkeypatch.setattr(ngram, "fit_tfidf", recording)
+    def recording_svd(state, svd_docs, s, seed=0):
+        seen["svd"].append(set(svd_docs.indices))
+        return real_svd(state, svd_docs, s, seed)
+
+    monkeypatch.setattr(ngram, "fit_idf", recording_idf)
+    monkeypatch.setattr(ngram, "with_svd", recording_svd)
     members = {"lin": {"kind": "linear", "inputs": ["tfidf"]},
                "gbm": {"kind": "lgbm", "inputs": ["tfidf"]}}
     ctx = _ctx(tmp_path, stack={"members": members, "tfidf": SMALL_TFIDF})
     S.run_stage(ctx)
     folds = pd.read_parquet(ctx.run_dir / "oof.parquet").set_index("id")["fold"]
-    assert len(seen) == 2 * 4  # two view settings (sparse, svd) x 4 folds
+    # The sparse and the SVD view share one IDF fit per fold; the SVD view adds its own SVD.
+    assert len(seen["idf"]) == 4 and len(seen["svd"]) == 4
     nf = SMALL_TFIDF["n_features"]
-    for i, present in enumerate(seen):
+    for i, present in enumerate(seen["idf"] + seen["svd"]):
         k = i % 4
         for rid, fold in folds.items():
             col = _word_column(f"zqmark{rid}x", nf)
@@ -88,13 +93,42 @@ def test_fold_fitted_tfidf_never_sees_a_validation_row(tmp_path, fakes, monkeypa
             assert _word_column(f"zqmark{rid}x", nf) not in present
 
 
+def test_shared_idf_fit_gives_the_state_of_a_fit_of_its_own():
+    """A view's state built on the shared IDF fit equals the one-step fit, sparse and SVD."""
+    from pipeline.views import TfidfView
+
+    texts = [f"w{i % 7} w{i % 5} common text {i % 3}" for i in range(60)]
+    counts = ngram.hashed_counts(texts, ngram.settings(SMALL_TFIDF))
+    prep = (counts, 20)
+    rows = np.arange(20) % 4 != 0
+    for dense in (False, True):
+        view = TfidfView(SMALL_TFIDF, "fold", dense)
+        one = view.fit(prep, rows, None, 0)
+        shared = view.fit_on(view.base.fit(prep, rows, None, 0), prep, rows, None, 0)
+        direct = ngram.fit_tfidf(counts[np.flatnonzero(np.tile(rows, 3))], view.settings,
+                                 svd_docs=counts[20:][np.flatnonzero(np.tile(rows, 2))] if dense else None)
+        for state in (one, shared):
+            assert all(np.array_equal(x, y) for x, y in zip(state.columns, direct.columns))
+            assert all(np.array_equal(x, y) for x, y in zip(state.idf, direct.idf))
+            assert (state.svd is None) == (not dense)
+            if dense:
+                assert np.array_equal(state.svd, direct.svd)
+    # Views differing only in blocks or SVD settings share the base key; min_df does not.
+    keys = {TfidfView({**SMALL_TFIDF, **o}, "fold", d).base.key()["settings"]["min_df"]
+            for o, d in [({}, True), ({"blocks": ["diff"]}, False), ({"svd_dims": 8}, True)]}
+    assert keys == {1}
+    assert (TfidfView(SMALL_TFIDF, "fold", True).base.key()
+            == TfidfView({**SMALL_TFIDF, "blocks": ["diff"], "svd_dims": 8}, "fold", False).base.key())
+    assert (TfidfView(SMALL_TFIDF, "fold", True).base.key()
+            != TfidfView({**SMALL_TFIDF, "min_df": 2}, "fold", True).base.key())
+
+
 def test_fit_all_is_transductive_and_labelled(tmp_path, fakes, monkeypatch):
     marked_rows(40).to_csv(tmp_path / "train.csv", index=False)
     marked_rows(7, start=500, with_labels=False).to_csv(tmp_path / "test.csv", index=False)
     seen = []
-    real = ngram.fit_tfidf
-    monkeypatch.setattr(ngram, "fit_tfidf", lambda docs, s, svd_docs=None, seed=0: (
-        seen.append(docs.shape[0]) or real(docs, s, svd_docs, seed)))
+    real = ngram.fit_idf
+    monkeypatch.setattr(ngram, "fit_idf", lambda docs, s: seen.append(docs.shape[0]) or real(docs, s))
     members = {"lin_all": {"kind": "linear", "inputs": [{"tfidf": {"fit": "all"}}]}}
     ctx = _ctx(tmp_path, stack={"members": members, "tfidf": SMALL_TFIDF})
     S.run_stage(ctx)
@@ -108,9 +142,10 @@ def test_changing_a_learner_param_refits_no_view(tmp_path, fakes, monkeypatch):
     members = {"lin": {"kind": "linear", "inputs": ["tfidf", "embedding-full", "length"]},
                "gbm": {"kind": "lgbm", "inputs": ["tfidf", "length"]}}
     S.run_stage(_ctx(tmp_path, stack={"members": members, "tfidf": SMALL_TFIDF}))
-    counts = {"fit": 0, "hash": 0}
-    real_fit, real_hash = ngram.fit_tfidf, ngram.hashed_counts
-    monkeypatch.setattr(ngram, "fit_tfidf", lambda *a, **k: counts.__setitem__("fit", counts["fit"] + 1) or real_fit(*a, **k))
+    counts = {"fit": 0, "svd": 0, "hash": 0}
+    real_fit, real_svd, real_hash = ngram.fit_idf, ngram.with_svd, ngram.hashed_counts
+    monkeypatch.setattr(ngram, "fit_idf", lambda *a, **k: counts.__setitem__("fit", counts["fit"] + 1) or real_fit(*a, **k))
+    monkeypatch.setattr(ngram, "with_svd", lambda *a, **k: counts.__setitem__("svd", counts["svd"] + 1) or real_svd(*a, **k))
     monkeypatch.setattr(ngram, "hashed_counts", lambda *a, **k: counts.__setitem__("hash", counts["hash"] + 1) or real_hash(*a, **k))
     changed = {"lin": {**members["lin"], "params": {"C": 0.3}},
                "gbm": {**members["gbm"], "params": {"num_leaves": 3}}}
@@ -118,11 +153,12 @@ def test_changing_a_learner_param_refits_no_view(tmp_path, fakes, monkeypatch):
     S.run_stage(ctx)
     metrics = json.loads((ctx.run_dir / "metrics.json").read_text())
     assert metrics["cache_hits"] == {"lin": False, "gbm": False}  # both learners refitted
-    assert counts == {"fit": 0, "hash": 0}  # ... every view read back
+    assert counts == {"fit": 0, "svd": 0, "hash": 0}  # ... every view read back
     assert (metrics["view_fits"]["view_hits"], metrics["view_fits"]["view_fits"]) == (8, 0)
     # A view setting does refit that view.
     S.run_stage(_ctx(tmp_path, stack={"members": changed, "tfidf": {**SMALL_TFIDF, "min_df": 2}}))
-    assert counts["fit"] == 8 and counts["hash"] == 0
+    # (the two members' views share one IDF fit per fold; the SVD view adds its SVD)
+    assert (counts["fit"], counts["svd"], counts["hash"]) == (4, 4, 0)
 
 
 ALL_KINDS = {
