@@ -147,8 +147,9 @@ def transform(state: TfidfState, counts):
     row structure kept as it is: the kept entries' row pointers come from a running count,
     and each (row, analyzer) segment's norm from one ``reduceat`` over the stored order
     (a row's columns are sorted and analyzers are column ranges, so each row holds its
-    analyzers' segments one after the other). Kept columns stay in order, so row indices
-    stay sorted. About 5x faster than per-entry row and group arrays on 60k-row folds.
+    analyzers' segments one after the other; where a segment starts is a binary search
+    per row). Kept columns stay in order, so row indices stay sorted. The log of
+    sublinear tf is taken only for counts other than 1, and the norm divides in place.
     """
     import scipy.sparse as sp
 
@@ -172,22 +173,40 @@ def transform(state: TfidfState, counts):
     if total == 0:
         return sp.csr_matrix((n, width), dtype=np.float32)
     idf = np.concatenate([np.asarray(i, dtype=np.float32) for i in state.idf])
-    data = counts.data[:nnz][keep].astype(np.float32, copy=False)
+    data = counts.data[:nnz][keep].astype(np.float32, copy=False)  # a new array (mask)
     if state.sublinear_tf:
-        data = 1.0 + np.log(data)
-    data = data * idf[cols]
-    # Segment starts, row by row: the row's start, then where each later analyzer begins.
+        # 1 + log(tf), computed where tf != 1 only (log 1 = 0: most n-grams occur once).
+        more = np.flatnonzero(data != 1.0)
+        data[more] = 1.0 + np.log(data[more])
+    data *= idf[cols]
+    # Segment starts, row by row: the row's start, then where each later analyzer begins
+    # (a vectorised binary search within each row's sorted columns).
     starts = [indptr[:-1]]
     for part in range(1, n_parts):
-        below = np.zeros(total + 1, dtype=np.int64)
-        np.cumsum(cols < bounds[part], out=below[1:])
-        starts.append(indptr[:-1] + (below[indptr[1:]] - below[indptr[:-1]]))
+        starts.append(_first_at_least(cols, indptr, int(bounds[part])))
     seg = np.stack(starts, axis=1).ravel()
     lengths = np.diff(np.append(seg, total))
     sums = np.add.reduceat(np.square(data, dtype=np.float64), np.minimum(seg, total - 1))
     sums[lengths == 0] = 0.0  # reduceat gives an empty segment its next element
-    data = (data / (np.repeat(np.sqrt(sums), lengths) * np.sqrt(2.0))).astype(np.float32)
+    # x / (norm * sqrt 2) in float64, rounded into the float32 array (no float64 copy).
+    np.divide(data, np.repeat(np.sqrt(sums) * np.sqrt(2.0), lengths), out=data,
+              casting="unsafe")
     return sp.csr_matrix((data, cols, indptr), shape=(n, width))
+
+
+def _first_at_least(cols: np.ndarray, indptr: np.ndarray, value: int) -> np.ndarray:
+    """Per row r, the first position in [indptr[r], indptr[r + 1]) whose column is >= value
+    (indptr[r + 1] when none): columns are sorted within a row."""
+    lo, hi = indptr[:-1].copy(), indptr[1:].copy()
+    while True:
+        open_ = lo < hi
+        if not open_.any():
+            return lo
+        mid = (lo + hi) // 2
+        below = np.zeros(len(lo), dtype=bool)
+        below[open_] = cols[mid[open_]] < value
+        lo = np.where(below, mid + 1, lo)
+        hi = np.where(open_ & ~below, mid, hi)
 
 
 def _row_dot(x, y) -> np.ndarray:

@@ -136,3 +136,14 @@ def test_repeated_texts_are_hashed_once_with_the_same_rows(monkeypatch):
     monkeypatch.setattr(HashingVectorizer, "transform", real)
     one_by_one = sp.vstack([ngram.hashed_counts([t], S) for t in texts], format="csr")
     assert counts.shape == one_by_one.shape and (counts != one_by_one).nnz == 0
+
+
+def test_first_at_least_searches_each_row_alone():
+    # rows: [1 5 9], [], [7], [2 3], [8 9 12 15]
+    cols = np.array([1, 5, 9, 7, 2, 3, 8, 9, 12, 15])
+    indptr = np.array([0, 3, 3, 4, 6, 10])
+    for value in range(0, 17):
+        got = ngram._first_at_least(cols, indptr, value)
+        want = [next((i for i in range(indptr[r], indptr[r + 1]) if cols[i] >= value), indptr[r + 1])
+                for r in range(5)]
+        assert got.tolist() == want, value
