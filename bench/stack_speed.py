@@ -16,6 +16,8 @@ Target: the stack stage under 10 minutes on 2 CPU cores.
 
     python bench/stack_speed.py                  # 60,000 rows
     python bench/stack_speed.py --rows 5000      # quick check
+    python bench/stack_speed.py --members '{"lgbm_all": ["all"]}' --out /tmp/candidate.md
+                                                 # a candidate default (members merged in)
 """
 from __future__ import annotations
 
@@ -69,6 +71,9 @@ def main(argv=None) -> int:
     p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     p.add_argument("--workdir", type=Path, default=Path(os.environ.get("PREFSTACK_BENCH_DIR", "/tmp/prefstack-bench")))
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--members", default=None,
+                   help="a candidate default: JSON {name: spec or null} merged over the default "
+                        "members (null removes one), e.g. '{\"lgbm_all\": [\"all\"]}'")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
@@ -83,7 +88,14 @@ def main(argv=None) -> int:
         shutil.rmtree(work)
     (work / "cache").mkdir(parents=True)
     os.symlink(args.workdir / "cache" / "embed", work / "cache" / "embed")
-    cfg = apply_overrides(Config(), {"name": "speed", "stack": {"use_finetune": False}})
+    stack = {"use_finetune": False}
+    if args.members:
+        import json
+
+        changes = json.loads(args.members)
+        members = {**Config().stack.members, **changes}
+        stack["members"] = {n: spec for n, spec in members.items() if spec is not None}
+    cfg = apply_overrides(Config(), {"name": "speed", "stack": stack})
     ctx = RunContext(config=cfg, catalog=Catalog(work), train_path=train_path, test_path=test_path,
                      device_request="cpu")
     load_before = os.getloadavg()
@@ -105,7 +117,8 @@ def main(argv=None) -> int:
         f"average before {load_before[0]:.2f} / after {os.getloadavg()[0]:.2f}. Data: {args.rows:,} training "
         f"and {args.rows // 10:,} test rows drawn with replacement from the benchmark files' real rows "
         f"({chars:,} characters per pair; Kaggle's are ~3,500). Default config: "
-        f"{m['n_folds']} folds, seeds {cfg.stack.seeds}, swap augmentation and TTA.", "",
+        f"{m['n_folds']} folds, seeds {cfg.stack.seeds}, swap augmentation and TTA"
+        + (f"; members changed by `--members '{args.members}'`." if args.members else "."), "",
         "| step | seconds |", "|---|---|",
         f"| embed (every text read from the cache) | {seconds['embed']:.1f} |",
         f"| features (computed) | {seconds['features']:.1f} |",

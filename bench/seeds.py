@@ -1,0 +1,151 @@
+"""Seeds of the ``lgbm_tfidf`` member, side by side on every shared file: what averaging
+LightGBM over several seeds (a member's own ``seeds``) buys, alone and in the default stack.
+
+Each variant is the default ``lgbm_tfidf`` (its inputs and params) with its own seeds (and
+learning rate where named), cross-fitted beside the other default members on the folds
+and held-out split of ``bench/quality.py``; the table gives the variant's OOF log loss
+and the default stack's (nested level-2 blend, as the default) with the variant in
+``lgbm_tfidf``'s place. Seeds change the inner early-stopping split and LightGBM's bagging
+and feature sampling; each seed is one more LightGBM fit per fold (the TF-IDF view is
+fitted once). Members are cached, so a rerun with the same code reads them back.
+
+    python bench/quality.py && python bench/seeds.py
+    python bench/member_speed.py --add '{"lgbm_tfidf_s3": {..., "seeds": [0, 1, 2]}}'  # its cost at 60k
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.quality import _ctx, split_file  # noqa: E402
+from pipeline.blend import log_loss, nested_meta  # noqa: E402
+from pipeline.catalog import read_json, write_text_atomic  # noqa: E402
+from pipeline.config import Config, apply_overrides  # noqa: E402
+from pipeline.stages import STAGES  # noqa: E402
+
+RESULTS = REPO / "bench" / "results" / "seeds.md"
+FILES = ("hh_rlhf_harmless_base_test", "hh_rlhf_helpful_base_test", "lfqa_experts_human",
+         "pandalm_test", "vicuna80_qlora_mturk_human")
+# label -> (member name, seeds, learning rate or None for the default's)
+VARIANTS = {
+    "seeds [0]": ("lgbm_tfidf", (0,), None),
+    "seeds [0, 1]": ("v_s01", (0, 1), None),
+    "seeds [0, 1, 2]": ("v_s012", (0, 1, 2), None),
+    "seeds [0, 1], learning_rate 0.04": ("v_s01_lr04", (0, 1), 0.04),
+    "seeds [0, 1, 2], learning_rate 0.04": ("v_s012_lr04", (0, 1, 2), 0.04),
+}
+BARS = {"hh_rlhf_harmless_base_test": 0.6326, "hh_rlhf_helpful_base_test": 0.6441,
+        "lfqa_experts_human": 0.5696, "pandalm_test": 0.7835, "vicuna80_qlora_mturk_human": 0.8454}
+
+
+def _variant(seeds, lr) -> dict:
+    spec = dict(Config().stack.members["lgbm_tfidf"])
+    if lr is not None:
+        spec["params"] = {**spec.get("params", {}), "learning_rate": lr}
+    spec["seeds"] = list(seeds)
+    return spec
+
+
+def _is_default(label: str) -> bool:
+    _, seeds, lr = VARIANTS[label]
+    default = Config().stack.members["lgbm_tfidf"]
+    return (lr is None and list(seeds) == list(default.get("seeds", Config().stack.seeds)))
+
+
+def run_file(path: Path, workdir: Path, seed: int) -> dict:
+    base = Config()
+    others = {n: s for n, s in base.stack.members.items() if n != "lgbm_tfidf"}
+    data_dir = workdir / "bench_data" / path.stem
+    train_path, test_path, _ = split_file(path, data_dir, None, seed)
+    members = {**others, **{name: _variant(s, lr) for name, s, lr in VARIANTS.values()}}
+    cfg = apply_overrides(base, {"name": f"seeds-{path.stem}",
+                                 "stack": {"members": members, "use_finetune": False}})
+    ctx = _ctx(cfg, workdir, train_path, test_path)
+    t0 = time.perf_counter()
+    for stage in ("embed", "features", "stack"):
+        STAGES[stage].load()(ctx)
+    metrics = read_json(ctx.run_dir / "metrics.json")
+    oof = pd.read_parquet(ctx.run_dir / "oof.parquet")
+    y = oof["label"].to_numpy().astype(np.int64)
+    folds = oof["fold"].to_numpy().astype(np.int64)
+    proba = {n: oof[[f"{n}_a", f"{n}_b", f"{n}_tie"]].to_numpy() for n in members}
+    rest = [proba[n] for n in others]
+    out = {}
+    for label, (name, _, _) in VARIANTS.items():
+        out[label] = {"member": metrics["members"][name]["oof_log_loss"],
+                      "stack": log_loss(y, nested_meta([proba[name]] + rest, y, folds,
+                                                       base.stack.meta_C))}
+    return {"file": path.stem, "variants": out, "seconds": time.perf_counter() - t0}
+
+
+def table(rows: list[dict], load: str) -> str:
+    files = [r["file"] for r in rows]
+    first = next(iter(VARIANTS))
+    base = {r["file"]: r["variants"][first]["stack"] for r in rows}
+    lines = [
+        "# Seeds of lgbm_tfidf, on every shared file",
+        "",
+        f"Written {time.strftime('%Y-%m-%d %H:%M')} by `python bench/seeds.py`. Machine: "
+        f"{platform.machine()}, {os.cpu_count()} CPU cores, load average at start {load}. "
+        "OOF log loss, prompt-grouped 5 folds (bench/quality.py's split). Each cell: the "
+        "variant alone / the default stack with it in lgbm_tfidf's place (nested level-2 "
+        "blend). Other members: the defaults.",
+        "",
+        "| lgbm_tfidf | " + " | ".join(files) + " | mean (stack) | files where the stack beats the first row's by > 0.0001 | files meeting the bar |",
+        "|---|" + "---|" * (len(files) + 3),
+    ]
+    for label in VARIANTS:
+        cells, stacks, better, met = [], [], 0, 0
+        for r in rows:
+            c = r["variants"][label]
+            stacks.append(c["stack"])
+            better += c["stack"] < base[r["file"]] - 1e-4
+            met += c["stack"] <= BARS.get(r["file"], np.inf)
+            cells.append(f"{c['member']:.4f} / {c['stack']:.4f}")
+        name = f"{label} (default)" if _is_default(label) else label
+        lines.append(f"| {name} | " + " | ".join(cells)
+                     + f" | {np.mean(stacks):.4f} | {better} | {met} |")
+    lines += ["", "Bar per file (issue #10): " + ", ".join(
+        f"{f} {BARS[f]:.4f}" for f in files if f in BARS),
+        "", "Seconds per file (every member, cached ones ~0): " + ", ".join(
+            f"{r['file']} {r['seconds']:.0f}" for r in rows)]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
+    p.add_argument("--workdir", type=Path,
+                   default=Path(os.environ.get("PREFSTACK_BENCH_DIR", "/tmp/prefstack-bench")))
+    p.add_argument("--seed", type=int, default=0, help="seed of the held-out split (as quality.py)")
+    p.add_argument("--out", type=Path, default=RESULTS)
+    args = p.parse_args(argv)
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    rows = []
+    for stem in FILES:
+        path = args.data / f"{stem}.csv"
+        if not path.is_file():
+            print(f"skip {stem}: {path} not found")
+            continue
+        rows.append(run_file(path, args.workdir, args.seed))
+        print(stem, json.dumps({v: [round(c["member"], 4), round(c["stack"], 4)]
+                                for v, c in rows[-1]["variants"].items()}), flush=True)
+    text = table(rows, load)
+    write_text_atomic(args.out, text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
