@@ -77,3 +77,18 @@ def test_shipped_experiment_files_load():
     assert files
     for path in files:
         assert load_config(path).name == path.stem
+
+
+def test_seeds3_example_is_the_default_members_with_three_lgbm_seeds():
+    """experiments/seeds3.yaml (README: "More seeds") must follow the default members."""
+    from pathlib import Path
+
+    from pipeline.stack import member_spec
+
+    cfg = load_config(Path(__file__).resolve().parents[2] / "experiments" / "seeds3.yaml")
+    default = Config().stack.members
+    assert set(cfg.stack.members) == set(default)
+    for name in default:
+        mine, theirs = member_spec(name, cfg.stack.members[name]), member_spec(name, default[name])
+        assert (mine.kind, mine.inputs, mine.params) == (theirs.kind, theirs.inputs, theirs.params)
+        assert mine.seeds == ((0, 1, 2) if name == "lgbm_tfidf" else theirs.seeds)
