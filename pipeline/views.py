@@ -210,6 +210,7 @@ class TfidfBaseView:
             docs += _roles(prep_test)
         return ngram.fit_idf(sp.vstack(docs, format="csr"), self.settings)
 
+
 class TfidfView:
     """Word + char n-gram TF-IDF; IDF, column choice and SVD fitted per fold (or on all texts)."""
 
@@ -372,7 +373,9 @@ def fitted_state(ctx, view, fold: int, rows: np.ndarray, prep_train, prep_test,
     """The view's state fitted on ``rows`` for ``fold``, from the cache or fitted and cached.
 
     ``key_parts`` identify the data (content hashes, folds); a fit-'all' view is keyed
-    without the fold. Returns: (state, bytes, cache hit).
+    without the fold. A view with a ``base`` (TF-IDF: column choice and IDF) builds on the
+    base's state, itself read or fitted and cached here under its own key, so views that
+    share a base fit it once. Returns: (state, bytes, cache hit).
     """
     from pipeline.artifacts import Item, get_or_compute
 
