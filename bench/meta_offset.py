@@ -1,0 +1,170 @@
+"""Where should the level-2 learner shrink to? Variants of the default combiner on the
+default members' OOF predictions (``bench/quality.py``'s candidate run), every file.
+
+The default level-2 learner (``pipeline.blend.fit_meta``: multinomial logistic regression
+on the members' log-probabilities, both A/B orders, L2 with ``stack.meta_C``) shrinks its
+weights toward zero, i.e. toward the class prior. The variants keep the same inputs and
+penalty but add an unpenalised offset to the logits, so strong regularisation falls back
+on something better than the prior:
+
+- ``pool``: the equal-weight log-linear pool (mean of the members' log-probabilities);
+- ``best``: the log-probabilities of the member with the lowest log loss on the
+  combiner's training rows;
+
+plus the default learner with ``meta_C`` chosen per fold by an inner nested CV on the
+other folds (grid 0.003-0.3). Every combiner is nested: fold k is combined by one fitted
+on the other folds only. Several variants are tried on the same OOF, so the best of them
+is slightly optimistic; this is a probe, not a default.
+
+    python bench/quality.py && python bench/meta_offset.py
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import minimize
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from pipeline.blend import SWAP_PERM, fit_meta, log_loss, nested_meta, normalize_proba  # noqa: E402
+from pipeline.catalog import write_text_atomic  # noqa: E402
+from pipeline.config import Config  # noqa: E402
+
+RESULTS = REPO / "bench" / "results" / "meta_offset.md"
+FILES = ("hh_rlhf_harmless_base_test", "hh_rlhf_helpful_base_test", "lfqa_experts_human",
+         "pandalm_test", "vicuna80_qlora_mturk_human")
+GRID = (0.003, 0.01, 0.03, 0.1)
+
+
+def _logp(probas):
+    return [np.log(normalize_proba(p, 1e-6)) for p in probas]
+
+
+def _softmax(z):
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def fit_offset_meta(probas, y, C: float, toward: str):
+    """Multinomial LR on the members' log-probs (both orders) with an unpenalised offset
+    (``toward``: "pool" or "best"); objective sum of losses + ||W||^2 / (2C), as
+    scikit-learn's. Returns: apply(probas) -> [n, 3] with swap TTA."""
+    L = _logp(probas)
+    best = int(np.argmin([-np.mean(lp[np.arange(len(y)), y]) for lp in L]))
+
+    def offset(Lq):
+        return np.mean(Lq, axis=0) if toward == "pool" else Lq[best]
+
+    Ls = [lp[:, SWAP_PERM] for lp in L]
+    X = np.vstack([np.hstack(L), np.hstack(Ls)])
+    off = np.vstack([offset(L), offset(Ls)])
+    Y = np.eye(3)[np.concatenate([y, SWAP_PERM[y]])]
+    d = X.shape[1]
+
+    def loss(theta):
+        W, b = theta[:3 * d].reshape(d, 3), theta[3 * d:]
+        z = X @ W + b + off
+        z = z - z.max(axis=1, keepdims=True)
+        lp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        G = np.exp(lp) - Y
+        return (-(Y * lp).sum() + 0.5 * (W ** 2).sum() / C,
+                np.concatenate([(X.T @ G + W / C).ravel(), G.sum(axis=0)]))
+
+    theta = minimize(loss, np.zeros(3 * d + 3), jac=True, method="L-BFGS-B",
+                     options={"maxiter": 2000}).x
+    W, b = theta[:3 * d].reshape(d, 3), theta[3 * d:]
+
+    def apply(pr):
+        def one(q):
+            Lq = _logp(q)
+            return _softmax(np.hstack(Lq) @ W + b + offset(Lq))
+        swapped = one([p[:, SWAP_PERM] for p in pr])[:, SWAP_PERM]
+        return normalize_proba(0.5 * (one(pr) + swapped), 1e-6)
+
+    return apply
+
+
+def nested(probas, y, folds, fit):
+    out = np.zeros((len(y), 3))
+    for k in np.unique(folds):
+        held = folds == k
+        out[held] = fit([p[~held] for p in probas], y[~held])([p[held] for p in probas])
+    return out
+
+
+def nested_meta_cv(probas, y, folds):
+    """The default learner, meta_C chosen per fold by nested CV on the other folds."""
+    out, picks = np.zeros((len(y), 3)), []
+    for k in np.unique(folds):
+        tr = folds != k
+        sub = [p[tr] for p in probas]
+        scores = [log_loss(y[tr], nested_meta(sub, y[tr], folds[tr], C)) for C in GRID]
+        C = GRID[int(np.argmin(scores))]
+        picks.append(C)
+        out[~tr] = fit_meta(sub, y[tr], C).apply([p[~tr] for p in probas])
+    return out, picks
+
+
+def run_file(stem: str, workdir: Path, members: list[str], meta_C: float) -> dict:
+    oof = pd.read_parquet(workdir / "runs" / f"quality-candidates-{stem}" / "oof.parquet")
+    y = oof["label"].to_numpy().astype(np.int64)
+    folds = oof["fold"].to_numpy().astype(np.int64)
+    probas = [oof[[f"{n}_a", f"{n}_b", f"{n}_tie"]].to_numpy() for n in members]
+    rows = {f"level-2, meta_C {meta_C} (default)": log_loss(y, nested_meta(probas, y, folds, meta_C))}
+    cv, picks = nested_meta_cv(probas, y, folds)
+    rows["level-2, meta_C by inner nested CV"] = log_loss(y, cv)
+    for toward in ("pool", "best"):
+        for C in GRID:
+            rows[f"level-2 shrunk toward the {toward}, C {C}"] = log_loss(
+                y, nested(probas, y, folds,
+                          lambda pr, yy, C=C, t=toward: fit_offset_meta(pr, yy, C, t)))
+    return {"file": stem, "rows": rows, "picks": picks}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--workdir", type=Path,
+                   default=Path(os.environ.get("PREFSTACK_BENCH_DIR", "/tmp/prefstack-bench")))
+    p.add_argument("--out", type=Path, default=RESULTS)
+    args = p.parse_args(argv)
+    cfg = Config().stack
+    members = list(cfg.members)
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    results = []
+    for stem in FILES:
+        if (args.workdir / "runs" / f"quality-candidates-{stem}" / "oof.parquet").is_file():
+            results.append(run_file(stem, args.workdir, members, cfg.meta_C))
+            print(stem, "done", flush=True)
+        else:
+            print(f"skip {stem}: run bench/quality.py first")
+    names = list(results[0]["rows"])
+    lines = ["# Where the level-2 learner shrinks to (issue #10)", "",
+             f"Written {time.strftime('%Y-%m-%d %H:%M')} by `python bench/meta_offset.py` from "
+             f"the OOF predictions of `bench/quality.py`'s candidate run ({platform.machine()}, "
+             f"{os.cpu_count()} CPU cores, load {load}). Members: {', '.join(members)} (the "
+             "defaults). OOF log loss, prompt-grouped 5 folds, every combiner nested. "
+             f"{len(names)} combiners on the same OOF: the best is slightly optimistic.", "",
+             "| combiner | " + " | ".join(r["file"] for r in results) + " | mean |",
+             "|---|" + "---|" * (len(results) + 1)]
+    for n in names:
+        vals = [r["rows"][n] for r in results]
+        lines.append(f"| {n} | " + " | ".join(f"{v:.4f}" for v in vals) + f" | {np.mean(vals):.4f} |")
+    lines += ["", "meta_C picked per fold by the inner CV: " + "; ".join(
+        f"{r['file']} {', '.join(map(str, r['picks']))}" for r in results)]
+    text = "\n".join(lines) + "\n"
+    write_text_atomic(args.out, text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
