@@ -119,13 +119,16 @@ def table(rows: list[dict], load: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def sweep_main(argv, description: str, run_file, table, results: Path) -> int:
+    """The command line of a variant sweep (this script, bench/seeds.py): every shared file
+    through ``run_file(path, workdir, seed)``, one line per file, then ``table(rows,
+    load)`` printed and written to ``--out``."""
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     p.add_argument("--workdir", type=Path,
                    default=Path(os.environ.get("PREFSTACK_BENCH_DIR", "/tmp/prefstack-bench")))
     p.add_argument("--seed", type=int, default=0, help="seed of the held-out split (as quality.py)")
-    p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--out", type=Path, default=results)
     args = p.parse_args(argv)
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     rows = []
@@ -141,6 +144,10 @@ def main(argv=None) -> int:
     write_text_atomic(args.out, text)
     print(text)
     return 0
+
+
+def main(argv=None) -> int:
+    return sweep_main(argv, __doc__.split("\n")[0], run_file, table, RESULTS)
 
 
 if __name__ == "__main__":

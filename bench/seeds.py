@@ -14,8 +14,6 @@ fitted once). Members are cached, so a rerun with the same code reads them back.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import platform
 import sys
@@ -28,15 +26,14 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.lgbm_sweep import BARS, sweep_main  # noqa: E402
 from bench.quality import _ctx, split_file  # noqa: E402
 from pipeline.blend import log_loss, nested_meta  # noqa: E402
-from pipeline.catalog import read_json, write_text_atomic  # noqa: E402
+from pipeline.catalog import read_json  # noqa: E402
 from pipeline.config import Config, apply_overrides  # noqa: E402
 from pipeline.stages import STAGES  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "seeds.md"
-FILES = ("hh_rlhf_harmless_base_test", "hh_rlhf_helpful_base_test", "lfqa_experts_human",
-         "pandalm_test", "vicuna80_qlora_mturk_human")
 # label -> (member name, seeds, learning rate or None for the default's)
 VARIANTS = {
     "seeds [0]": ("lgbm_tfidf", (0,), None),
@@ -45,8 +42,6 @@ VARIANTS = {
     "seeds [0, 1], learning_rate 0.04": ("v_s01_lr04", (0, 1), 0.04),
     "seeds [0, 1, 2], learning_rate 0.04": ("v_s012_lr04", (0, 1, 2), 0.04),
 }
-BARS = {"hh_rlhf_harmless_base_test": 0.6326, "hh_rlhf_helpful_base_test": 0.6441,
-        "lfqa_experts_human": 0.5696, "pandalm_test": 0.7835, "vicuna80_qlora_mturk_human": 0.8454}
 
 
 def _variant(seeds, lr) -> dict:
@@ -124,27 +119,7 @@ def table(rows: list[dict], load: str) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
-    p.add_argument("--workdir", type=Path,
-                   default=Path(os.environ.get("PREFSTACK_BENCH_DIR", "/tmp/prefstack-bench")))
-    p.add_argument("--seed", type=int, default=0, help="seed of the held-out split (as quality.py)")
-    p.add_argument("--out", type=Path, default=RESULTS)
-    args = p.parse_args(argv)
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    rows = []
-    for stem in FILES:
-        path = args.data / f"{stem}.csv"
-        if not path.is_file():
-            print(f"skip {stem}: {path} not found")
-            continue
-        rows.append(run_file(path, args.workdir, args.seed))
-        print(stem, json.dumps({v: [round(c["member"], 4), round(c["stack"], 4)]
-                                for v, c in rows[-1]["variants"].items()}), flush=True)
-    text = table(rows, load)
-    write_text_atomic(args.out, text)
-    print(text)
-    return 0
+    return sweep_main(argv, __doc__.split("\n")[0], run_file, table, RESULTS)
 
 
 if __name__ == "__main__":
