@@ -156,6 +156,18 @@ def run_file(stem: str, workdir: Path) -> dict:
     return {"file": stem, "rows": rows}
 
 
+def combiner_table(title: str, intro: str, results: list[dict]) -> list[str]:
+    """Markdown lines: a row per combiner (``results[i]["rows"]``: name -> OOF log loss),
+    a column per file, and the mean."""
+    lines = [title, "", intro, "",
+             "| combiner | " + " | ".join(r["file"] for r in results) + " | mean |",
+             "|---|" + "---|" * (len(results) + 1)]
+    for n in results[0]["rows"]:
+        vals = [r["rows"][n] for r in results]
+        lines.append(f"| {n} | " + " | ".join(f"{v:.4f}" for v in vals) + f" | {np.mean(vals):.4f} |")
+    return lines
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--workdir", type=Path,
@@ -165,18 +177,13 @@ def main(argv=None) -> int:
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     results = [run_file(stem, args.workdir) for stem in FILES
                if (args.workdir / "runs" / f"lgbm-sweep-{stem}" / "oof.parquet").is_file()]
-    names = list(results[0]["rows"])
-    lines = ["# Level-2 alternatives and prompt-cohort features (issue #10, vicuna80)", "",
-             f"Written {time.strftime('%Y-%m-%d %H:%M')} by `python bench/blend_probe.py` from the "
-             f"OOF predictions of `bench/lgbm_sweep.py` ({platform.machine()}, {os.cpu_count()} CPU "
-             f"cores, load {load}). OOF log loss, prompt-grouped 5 folds; every combiner nested "
-             "(fold k combined by one fitted on the other folds). Members: lgbm_tfidf (at the "
-             "learning rate named) + linear_tfidf + linear_emb + linear_all.", "",
-             "| combiner | " + " | ".join(r["file"] for r in results) + " | mean |",
-             "|---|" + "---|" * (len(results) + 1)]
-    for n in names:
-        vals = [r["rows"][n] for r in results]
-        lines.append(f"| {n} | " + " | ".join(f"{v:.4f}" for v in vals) + f" | {np.mean(vals):.4f} |")
+    lines = combiner_table(
+        "# Level-2 alternatives and prompt-cohort features (issue #10, vicuna80)",
+        f"Written {time.strftime('%Y-%m-%d %H:%M')} by `python bench/blend_probe.py` from the "
+        f"OOF predictions of `bench/lgbm_sweep.py` ({platform.machine()}, {os.cpu_count()} CPU "
+        f"cores, load {load}). OOF log loss, prompt-grouped 5 folds; every combiner nested "
+        "(fold k combined by one fitted on the other folds). Members: lgbm_tfidf (at the "
+        "learning rate named) + linear_tfidf + linear_emb + linear_all.", results)
     text = "\n".join(lines) + "\n"
     write_text_atomic(args.out, text)
     print(text)

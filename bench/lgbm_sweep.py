@@ -63,13 +63,16 @@ def _member(name: str, params) -> dict:
     return {"kind": "lgbm", "inputs": INPUTS, "params": dict(params)}
 
 
-def run_file(path: Path, workdir: Path, seed: int) -> dict:
+def sweep_file(path: Path, workdir: Path, seed: int, run_name: str, others: dict,
+               variants: dict) -> dict:
+    """Cross-fit ``others`` and every variant of one member on one file (bench/quality.py's
+    split), then score each variant alone and in the nested level-2 stack beside
+    ``others``. ``variants``: label -> (member name, member spec). Returns: {file,
+    variants: label -> {member, stack}, seconds}."""
     base = Config()
-    data_dir = workdir / "bench_data" / path.stem
-    train_path, test_path, _ = split_file(path, data_dir, None, seed)
-    names = {v: name for v, (name, _) in VARIANTS.items()}
-    members = {**OTHERS, **{name: _member(name, p) for name, p in VARIANTS.values()}}
-    cfg = apply_overrides(base, {"name": f"lgbm-sweep-{path.stem}",
+    train_path, test_path, _ = split_file(path, workdir / "bench_data" / path.stem, None, seed)
+    members = {**others, **{name: spec for name, spec in variants.values()}}
+    cfg = apply_overrides(base, {"name": f"{run_name}-{path.stem}",
                                  "stack": {"members": members, "use_finetune": False}})
     ctx = _ctx(cfg, workdir, train_path, test_path)
     t0 = time.perf_counter()
@@ -80,13 +83,17 @@ def run_file(path: Path, workdir: Path, seed: int) -> dict:
     y = oof["label"].to_numpy().astype(np.int64)
     folds = oof["fold"].to_numpy().astype(np.int64)
     proba = {n: oof[[f"{n}_a", f"{n}_b", f"{n}_tie"]].to_numpy() for n in members}
-    rest = [proba[n] for n in OTHERS]
-    out = {}
-    for v in VARIANTS:
-        n = names[v]
-        out[v] = {"member": metrics["members"][n]["oof_log_loss"],
-                  "stack": log_loss(y, nested_meta([proba[n]] + rest, y, folds, base.stack.meta_C))}
+    rest = [proba[n] for n in others]
+    out = {label: {"member": metrics["members"][name]["oof_log_loss"],
+                   "stack": log_loss(y, nested_meta([proba[name]] + rest, y, folds,
+                                                    base.stack.meta_C))}
+           for label, (name, _) in variants.items()}
     return {"file": path.stem, "variants": out, "seconds": time.perf_counter() - t0}
+
+
+def run_file(path: Path, workdir: Path, seed: int) -> dict:
+    variants = {v: (name, _member(name, p)) for v, (name, p) in VARIANTS.items()}
+    return sweep_file(path, workdir, seed, "lgbm-sweep", OTHERS, variants)
 
 
 def table(rows: list[dict], load: str) -> str:

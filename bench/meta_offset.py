@@ -34,13 +34,12 @@ from scipy.optimize import minimize
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.blend_probe import FILES, _proba, combiner_table  # noqa: E402
 from pipeline.blend import SWAP_PERM, fit_meta, log_loss, nested_meta, normalize_proba  # noqa: E402
 from pipeline.catalog import write_text_atomic  # noqa: E402
 from pipeline.config import Config  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "meta_offset.md"
-FILES = ("hh_rlhf_harmless_base_test", "hh_rlhf_helpful_base_test", "lfqa_experts_human",
-         "pandalm_test", "vicuna80_qlora_mturk_human")
 GRID = (0.003, 0.01, 0.03, 0.1)
 
 
@@ -118,7 +117,7 @@ def run_file(stem: str, workdir: Path, members: list[str], meta_C: float) -> dic
     oof = pd.read_parquet(workdir / "runs" / f"quality-candidates-{stem}" / "oof.parquet")
     y = oof["label"].to_numpy().astype(np.int64)
     folds = oof["fold"].to_numpy().astype(np.int64)
-    probas = [oof[[f"{n}_a", f"{n}_b", f"{n}_tie"]].to_numpy() for n in members]
+    probas = [_proba(oof, n) for n in members]
     rows = {f"level-2, meta_C {meta_C} (default)": log_loss(y, nested_meta(probas, y, folds, meta_C))}
     cv, picks = nested_meta_cv(probas, y, folds)
     rows["level-2, meta_C by inner nested CV"] = log_loss(y, cv)
@@ -146,18 +145,14 @@ def main(argv=None) -> int:
             print(stem, "done", flush=True)
         else:
             print(f"skip {stem}: run bench/quality.py first")
-    names = list(results[0]["rows"])
-    lines = ["# Where the level-2 learner shrinks to (issue #10)", "",
-             f"Written {time.strftime('%Y-%m-%d %H:%M')} by `python bench/meta_offset.py` from "
-             f"the OOF predictions of `bench/quality.py`'s candidate run ({platform.machine()}, "
-             f"{os.cpu_count()} CPU cores, load {load}). Members: {', '.join(members)} (the "
-             "defaults). OOF log loss, prompt-grouped 5 folds, every combiner nested. "
-             f"{len(names)} combiners on the same OOF: the best is slightly optimistic.", "",
-             "| combiner | " + " | ".join(r["file"] for r in results) + " | mean |",
-             "|---|" + "---|" * (len(results) + 1)]
-    for n in names:
-        vals = [r["rows"][n] for r in results]
-        lines.append(f"| {n} | " + " | ".join(f"{v:.4f}" for v in vals) + f" | {np.mean(vals):.4f} |")
+    lines = combiner_table(
+        "# Where the level-2 learner shrinks to (issue #10)",
+        f"Written {time.strftime('%Y-%m-%d %H:%M')} by `python bench/meta_offset.py` from "
+        f"the OOF predictions of `bench/quality.py`'s candidate run ({platform.machine()}, "
+        f"{os.cpu_count()} CPU cores, load {load}). Members: {', '.join(members)} (the "
+        "defaults). OOF log loss, prompt-grouped 5 folds, every combiner nested. "
+        f"{len(results[0]['rows'])} combiners on the same OOF: the best is slightly optimistic.",
+        results)
     lines += ["", "meta_C picked per fold by the inner CV: " + "; ".join(
         f"{r['file']} {', '.join(map(str, r['picks']))}" for r in results)]
     text = "\n".join(lines) + "\n"

@@ -21,17 +21,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.lgbm_sweep import BARS, sweep_main  # noqa: E402
-from bench.quality import _ctx, split_file  # noqa: E402
-from pipeline.blend import log_loss, nested_meta  # noqa: E402
-from pipeline.catalog import read_json  # noqa: E402
-from pipeline.config import Config, apply_overrides  # noqa: E402
-from pipeline.stages import STAGES  # noqa: E402
+from bench.lgbm_sweep import BARS, sweep_file, sweep_main  # noqa: E402
+from pipeline.config import Config  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "seeds.md"
 # label -> (member name, seeds, learning rate or None for the default's)
@@ -59,29 +54,9 @@ def _is_default(label: str) -> bool:
 
 
 def run_file(path: Path, workdir: Path, seed: int) -> dict:
-    base = Config()
-    others = {n: s for n, s in base.stack.members.items() if n != "lgbm_tfidf"}
-    data_dir = workdir / "bench_data" / path.stem
-    train_path, test_path, _ = split_file(path, data_dir, None, seed)
-    members = {**others, **{name: _variant(s, lr) for name, s, lr in VARIANTS.values()}}
-    cfg = apply_overrides(base, {"name": f"seeds-{path.stem}",
-                                 "stack": {"members": members, "use_finetune": False}})
-    ctx = _ctx(cfg, workdir, train_path, test_path)
-    t0 = time.perf_counter()
-    for stage in ("embed", "features", "stack"):
-        STAGES[stage].load()(ctx)
-    metrics = read_json(ctx.run_dir / "metrics.json")
-    oof = pd.read_parquet(ctx.run_dir / "oof.parquet")
-    y = oof["label"].to_numpy().astype(np.int64)
-    folds = oof["fold"].to_numpy().astype(np.int64)
-    proba = {n: oof[[f"{n}_a", f"{n}_b", f"{n}_tie"]].to_numpy() for n in members}
-    rest = [proba[n] for n in others]
-    out = {}
-    for label, (name, _, _) in VARIANTS.items():
-        out[label] = {"member": metrics["members"][name]["oof_log_loss"],
-                      "stack": log_loss(y, nested_meta([proba[name]] + rest, y, folds,
-                                                       base.stack.meta_C))}
-    return {"file": path.stem, "variants": out, "seconds": time.perf_counter() - t0}
+    others = {n: s for n, s in Config().stack.members.items() if n != "lgbm_tfidf"}
+    variants = {label: (name, _variant(s, lr)) for label, (name, s, lr) in VARIANTS.items()}
+    return sweep_file(path, workdir, seed, "seeds", others, variants)
 
 
 def table(rows: list[dict], load: str) -> str:
