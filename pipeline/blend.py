@@ -118,14 +118,21 @@ def fit_blend(probas: list[np.ndarray], y: np.ndarray, temperature: bool = True,
     def weights_of(z: np.ndarray) -> np.ndarray:
         return softmax(z[None, :])[0]
 
-    def loss(z: np.ndarray) -> float:
-        return log_loss(y, blend(probas, weights_of(z), 1.0, eps), eps)
+    # The log loss of a soft vote reads only each member's probability of the true class:
+    # loss(w) = -mean log(Q @ w), Q [n, M], with an exact gradient through the softmax.
+    Q = np.stack([p[np.arange(len(y)), y] for p in probas], axis=1)
+
+    def loss_grad(z: np.ndarray) -> tuple[float, np.ndarray]:
+        w = weights_of(z)
+        q = np.maximum(Q @ w, eps)
+        g_w = -(Q / q[:, None]).mean(axis=0)
+        return float(-np.mean(np.log(q))), w * (g_w - w @ g_w)
 
     candidates = [np.eye(m)[i] for i in range(m)]
     if m > 1:
         starts = [np.zeros(m)] + [4.0 * np.eye(m)[i] for i in range(m)]
         for z0 in starts:
-            res = minimize(loss, z0, method="L-BFGS-B")
+            res = minimize(loss_grad, z0, jac=True, method="L-BFGS-B")
             candidates.append(weights_of(res.x))
     scores = [log_loss(y, blend(probas, w, 1.0, eps), eps) for w in candidates]
     weights = candidates[int(np.argmin(scores))]

@@ -37,6 +37,18 @@ def test_in_sample_blend_never_worse_than_best_member(seed):
     assert blended <= best + 1e-9
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_fitted_weights_are_the_optimum_of_a_fine_grid(seed):
+    """The exact gradient leads to the minimum: no point of a 0.01 simplex grid over three
+    members scores lower than the fitted weights (up to the solver's tolerance)."""
+    probas, y, _ = _members(seed)
+    fit = B.fit_blend(probas, y, temperature=False)
+    fitted = B.log_loss(y, fit.apply(probas))
+    grid = [np.array([a, b, 100 - a - b]) / 100 for a in range(101) for b in range(101 - a)]
+    best = min(B.log_loss(y, B.blend(probas, w)) for w in grid)
+    assert fitted <= best + 1e-6
+
+
 def test_blend_prefers_the_informative_member():
     rng = np.random.default_rng(0)
     y = rng.integers(0, 3, 300)
