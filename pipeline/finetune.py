@@ -507,6 +507,7 @@ def train_seed(plan: Plan, k: int, seed: int, packed: dict, pad_id: int, device:
 
     cfg = plan.cfg
     tr, va = _fold_rows(plan, k)
+    log.info("finetune: fold %d seed %d: training on %d rows (%s)", k, seed, len(tr), device)
     amp_dtype, _ = resolve_amp(cfg.precision, device)
     labels = plan.train["label"].to_numpy()
     fwd, swp = packed["train"]
@@ -618,8 +619,9 @@ def _compute_folds(ctx, plan: Plan, folds: list[int], retrain: bool, packing) ->
         shared = ex.share(packed)
         units = [Unit(f"finetune fold {k} seed {seed}", (plan, k, seed, shared, pad_id, device),
                       cpus=cpus, gpus=gpus) for k in to_train for seed in plan.cfg.seeds]
-        for k in to_train:
-            log.info("finetune: fold %d: training (%d seed(s))", k, len(plan.cfg.seeds))
+        log.info("finetune: %d unit(s) to train on the %s engine: fold(s) %s x seed(s) %s",
+                 len(units), ex.name, ", ".join(map(str, to_train)),
+                 ", ".join(map(str, plan.cfg.seeds)))
         seeds = iter(ex.map(train_seed, units))
     for k in folds:
         if k in trained:

@@ -191,11 +191,11 @@ def test_killed_finetune_skips_finished_folds_and_equals_clean_run(env, ref, tmp
 
     for k in finished:
         assert f"finetune: fold {k} finished earlier (cached), skipped" in caplog.text
-        assert f"finetune: fold {k}: training" not in caplog.text
+        assert f"finetune: fold {k} seed 0: training" not in caplog.text
         after = fu.snapshot(folder / f"fold{k}")
         assert {f: after[f] for f in before[k]} == before[k]  # weights, logits untouched
     for k in set(range(N_FOLDS)) - set(finished):
-        assert f"finetune: fold {k}: training" in caplog.text
+        assert f"finetune: fold {k} seed 0: training" in caplog.text
     oof, test = ft_logits(workdir)
     ref_oof, ref_test = ft_logits(ref)
     assert_same_logits(oof, ref_oof)
@@ -328,8 +328,8 @@ def test_corrupt_finetune_logits_retrain_or_rescore_only_that_fold(env, ref, tmp
     warnings = "\n".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
     assert "fold1/oof.parquet" in warnings and f"fold2/{fold2_test.name}" in warnings
     assert "finetune: fold 0 finished earlier (cached), skipped" in caplog.text
-    assert "finetune: fold 1: training" in caplog.text
-    assert "finetune: fold 2: training" not in caplog.text
+    assert "finetune: fold 1 seed 0: training" in caplog.text
+    assert "finetune: fold 2 seed 0: training" not in caplog.text
     assert "fold 2 trained earlier; scoring this test file with its saved models" in caplog.text
     assert fu.snapshot(folder / "fold0") == fold0
     oof, test = ft_logits(workdir)
