@@ -100,6 +100,19 @@ def ray_cli(*args: str, env: dict) -> None:
         raise SystemExit(f"ray {' '.join(args)} failed:\n{r.stderr[-2000:]}")
 
 
+def ray_processes() -> list[str]:
+    """Names of Ray's node processes (gcs_server, raylet) running on this machine now."""
+    found = []
+    for comm in Path("/proc").glob("[0-9]*/comm"):
+        try:
+            name = comm.read_text().strip()
+        except OSError:  # the process ended meanwhile
+            continue
+        if name in ("gcs_server", "raylet"):
+            found.append(name)
+    return found
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
@@ -148,6 +161,13 @@ def main(argv=None) -> int:
     rows.append((f"{args.file}, in process", t_local, "-", "-", "-", "-"))
     print(f"{args.file}: in process {t_local:.1f}s", flush=True)
 
+    # The two-node part ends with `ray stop --force`, which stops every Ray node on this
+    # machine: with someone else's Ray already running, it is skipped rather than that.
+    busy = ray_processes()
+    if busy:
+        notes.append(f"Two-node part skipped: Ray was already running here ({', '.join(sorted(set(busy)))}); "
+                     "`ray stop --force` at its end would have stopped it.")
+        return write_table(args, rows, notes, load)
     env = {**os.environ, "RAY_AUTH_MODE": "token"}
     env.pop("RAY_ADDRESS", None)
     ray_cli("get-auth-token", "--generate", env=env)
@@ -168,7 +188,10 @@ def main(argv=None) -> int:
                  d_oof, d_sub, same))
     print(f"{args.file}: two-node ray {t_ray:.1f}s", flush=True)
     load.append(os.getloadavg()[0])
+    return write_table(args, rows, notes, load)
 
+
+def write_table(args, rows: list, notes: list[str], load: list[float]) -> int:
     def fmt(v):
         return f"{v:.1e}" if isinstance(v, float) else str(v)
 
