@@ -12,7 +12,11 @@ on something better than the prior:
   combiner's training rows;
 
 plus the default learner with ``meta_C`` chosen per fold by an inner nested CV on the
-other folds (grid 0.003-0.3). Every combiner is nested: fold k is combined by one fitted
+other folds (grid 0.003-0.3), and ``axis``: a level-2 learner restricted to the two
+swap-symmetric axes of each member, u_m = (log p_A - log p_B) / 2 and t_m = log p_tie -
+(log p_A + log p_B) / 2, with logits (sum a_m u_m, -sum a_m u_m, sum c_m t_m + b): two
+weights per member plus a tie bias (2M + 1 parameters instead of 9M + 3), swap-equivariant
+by construction, L2 toward zero or toward the equal-weight pool (a_m = c_m = 1/M). Every combiner is nested: fold k is combined by one fitted
 on the other folds only. Several variants are tried on the same OOF, so the best of them
 is slightly optimistic; this is a probe, not a default.
 
@@ -92,6 +96,39 @@ def fit_offset_meta(probas, y, C: float, toward: str):
     return apply
 
 
+def _axes(probas):
+    """(u, t) [n, M]: each member's A-vs-B and tie axis of its log-probabilities."""
+    L = np.stack(_logp(probas))
+    return (0.5 * (L[:, :, 0] - L[:, :, 1])).T, (L[:, :, 2] - 0.5 * (L[:, :, 0] + L[:, :, 1])).T
+
+
+def fit_axis_meta(probas, y, C: float, toward: str):
+    """The axis learner: objective sum of losses + ||(a, c) - target||^2 / (2C), target 0
+    (``toward`` "zero") or 1/M ("pool"). Returns apply(probas) -> [n, 3]."""
+    u, t = _axes(probas)
+    m = u.shape[1]
+    target = np.full(2 * m, 0.0 if toward == "zero" else 1.0 / m)
+    Y = np.eye(3)[y]
+
+    def logits(theta, u, t):
+        d = u @ theta[:m]
+        return np.column_stack([d, -d, t @ theta[m:2 * m] + theta[-1]])
+
+    def loss(theta):
+        z = logits(theta, u, t)
+        z = z - z.max(axis=1, keepdims=True)
+        lp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        G = np.exp(lp) - Y
+        pen = theta[:2 * m] - target
+        grad = np.concatenate([u.T @ (G[:, 0] - G[:, 1]), t.T @ G[:, 2], [G[:, 2].sum()]])
+        grad[:2 * m] += pen / C
+        return -(Y * lp).sum() + 0.5 * (pen ** 2).sum() / C, grad
+
+    theta = minimize(loss, np.concatenate([target, [0.0]]), jac=True, method="L-BFGS-B",
+                     options={"maxiter": 3000}).x
+    return lambda pr: normalize_proba(_softmax(logits(theta, *_axes(pr))), 1e-6)
+
+
 def nested(probas, y, folds, fit):
     out = np.zeros((len(y), 3))
     for k in np.unique(folds):
@@ -126,6 +163,11 @@ def run_file(stem: str, workdir: Path, members: list[str], meta_C: float) -> dic
             rows[f"level-2 shrunk toward the {toward}, C {C}"] = log_loss(
                 y, nested(probas, y, folds,
                           lambda pr, yy, C=C, t=toward: fit_offset_meta(pr, yy, C, t)))
+    for toward in ("zero", "pool"):
+        for C in (0.01, 0.03, 0.1, 1.0):
+            rows[f"axis learner toward {toward}, C {C}"] = log_loss(
+                y, nested(probas, y, folds,
+                          lambda pr, yy, C=C, t=toward: fit_axis_meta(pr, yy, C, t)))
     return {"file": stem, "rows": rows, "picks": picks}
 
 
