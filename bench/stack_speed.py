@@ -123,11 +123,15 @@ def main(argv=None) -> int:
         f"| embed (every text read from the cache) | {seconds['embed']:.1f} |",
         f"| features (computed) | {seconds['features']:.1f} |",
     ]
-    lines += [f"| member {n} ({k} on {i}) | {s:.1f} |" for n, k, i, s in members]
+    shares = views.get("member_view_seconds", {})
+    lines += [f"| member {n} ({k} on {i}); its views {shares.get(n, 0.0):.1f} s of it, on the "
+              f"helper thread | {s:.1f} |" for n, k, i, s in members]
     lines += [
         f"| of which view preparation (TF-IDF n-gram hashing of {3 * (args.rows + args.rows // 10):,} "
         f"texts, reading full embeddings) | {views['prepare_seconds']:.1f} |",
-        f"| of which per-fold view fitting and transforms ({views['view_fits']} fits) | "
+        f"| per-fold view fitting and transforms, every member ({views['view_fits']} fits; on the "
+        "local engine's helper thread while the previous fold fits, so overlapping the members' "
+        "times above) | "
         f"{views['view_seconds']:.1f} |",
         f"| blend + outputs | {seconds['stack'] - sum(s for *_, s in members):.1f} |",
         f"| **stack stage total** | **{seconds['stack']:.1f}** ({seconds['stack'] / 60:.1f} min; target < 10 min) |",

@@ -466,7 +466,11 @@ def fit_member_cached(ctx, spec: MemberSpec, inp: StackInputs, stats: dict | Non
         fit.seconds = time.perf_counter() - t0
         return fit
 
+    views_before = stats.get("view_seconds", 0.0) if stats is not None else 0.0
     fit, hit, path = get_or_compute(ctx.catalog, "stack-member", item, fit_member, force=ctx.force)
+    if stats is not None:  # this member's share of view_seconds (0 when read from the cache)
+        stats.setdefault("member_view_seconds", {})[spec.name] = round(
+            stats.get("view_seconds", 0.0) - views_before, 2)
     if not hit:
         log.info("stack: member %s (%s on %s) fitted in %.1fs, cached as %s", spec.name,
                  spec.kind, _inputs_text(spec.inputs), fit.seconds, path.name)

@@ -155,6 +155,13 @@ def test_changing_a_learner_param_refits_no_view(tmp_path, fakes, monkeypatch):
     assert metrics["cache_hits"] == {"lin": False, "gbm": False}  # both learners refitted
     assert counts == {"fit": 0, "svd": 0, "hash": 0}  # ... every view read back
     assert (metrics["view_fits"]["view_hits"], metrics["view_fits"]["view_fits"]) == (8, 0)
+    # Each member's share of the view time is reported; they add up to the total.
+    shares = metrics["view_fits"]["member_view_seconds"]
+    assert set(shares) == {"lin", "gbm"} and all(v >= 0 for v in shares.values())
+    assert abs(sum(shares.values()) - metrics["view_fits"]["view_seconds"]) < 0.02
+    S.run_stage(ctx)  # both members from the cache: no view time of theirs
+    metrics = json.loads((ctx.run_dir / "metrics.json").read_text())
+    assert metrics["view_fits"]["member_view_seconds"] == {"lin": 0.0, "gbm": 0.0}
     # A view setting does refit that view.
     S.run_stage(_ctx(tmp_path, stack={"members": changed, "tfidf": {**SMALL_TFIDF, "min_df": 2}}))
     # (the two members' views share one IDF fit per fold; the SVD view adds its SVD)
