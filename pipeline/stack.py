@@ -462,7 +462,8 @@ def fit_member_cached(ctx, spec: MemberSpec, inp: StackInputs, stats: dict | Non
                             len(inp.test_ids), seeds=seeds,
                             swap_augment=cfg.swap_augment, swap_tta=cfg.swap_tta,
                             inner_valid_fraction=cfg.inner_valid_fraction, progress=bar,
-                            executor=ctx.executor, name=f"stack {spec.name}")
+                            executor=ctx.executor, name=f"stack {spec.name}",
+                            builds_views=any(v.fit_mode != "none" for v in views))
         fit.seconds = time.perf_counter() - t0
         return fit
 

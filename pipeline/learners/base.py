@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
@@ -23,6 +25,25 @@ REGISTRY: dict[str, str] = {
     "lgbm": "pipeline.learners.lgbm:LGBMLearner",
     "linear": "pipeline.learners.linear:LinearLearner",
 }
+
+
+_FIT_THREADS: ContextVar[int | None] = ContextVar("prefstack_fit_threads", default=None)
+
+
+@contextmanager
+def fit_threads(n: int | None):
+    """Within: a learner that runs threads of its own (LightGBM) uses ``n`` of them unless
+    its params say otherwise (None: its usual count)."""
+    token = _FIT_THREADS.set(None if n is None else max(1, int(n)))
+    try:
+        yield
+    finally:
+        _FIT_THREADS.reset(token)
+
+
+def fit_thread_budget() -> int | None:
+    """The ``fit_threads`` count in force in this thread, or None."""
+    return _FIT_THREADS.get()
 
 
 @runtime_checkable

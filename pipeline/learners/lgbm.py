@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.learners.base import N_CLASSES
+from pipeline.learners.base import N_CLASSES, fit_thread_budget
 
 # Idle OpenMP threads sleep instead of spinning. LightGBM's default (spinning) made one
 # fit 9x slower on a 2-core machine shared with other processes (1159 vs 137 ms per round,
@@ -100,16 +100,17 @@ def check_parameter_values(overrides: dict) -> None:
 def lgbm_params(overrides: dict, seed: int, n_rows: int | None = None) -> dict:
     """DEFAULT_LGBM_PARAMS with ``overrides`` merged in, the seed, and the thread count.
 
-    num_threads (unless overridden) is os.cpu_count(), or 1 for fits on fewer than
-    MIN_ROWS_PER_THREADED_FIT rows. Raises ValueError if an override changes the
-    objective or the class count.
+    num_threads (unless overridden) is os.cpu_count() or the ``fit_threads`` count in
+    force (pipeline.learners.base), or 1 for fits on fewer than MIN_ROWS_PER_THREADED_FIT
+    rows. Raises ValueError if an override changes the objective or the class count.
     """
+
     for key, value in _FIXED_PARAMS.items():
         if key in overrides and overrides[key] != value:
             raise ValueError(f"stack.lgbm_params.{key} must stay {value!r} (3-class softmax)")
     params = {**DEFAULT_LGBM_PARAMS, **{k: v for k, v in overrides.items() if k not in CONTROL}}
     small = n_rows is not None and n_rows < MIN_ROWS_PER_THREADED_FIT
-    params.setdefault("num_threads", 1 if small else (os.cpu_count() or 1))
+    params.setdefault("num_threads", 1 if small else (fit_thread_budget() or os.cpu_count() or 1))
     params["seed"] = int(seed)
     return params
 

@@ -393,3 +393,42 @@ def test_stage_with_no_tie_labels(tmp_path, monkeypatch):
     assert (sub["winner_tie"] < 1e-3).all()
     metrics = json.loads((ctx.run_dir / "metrics.json").read_text())
     assert metrics["per_class_log_loss"]["tie"] is None
+
+
+# ---------------------------------------------------------------- threads beside the helper
+
+def test_the_fit_beside_the_next_folds_view_build_runs_one_thread_fewer(monkeypatch):
+    """While the last unit of a fold fits, the next fold's views are built: that unit's
+    LightGBM runs one thread fewer than its CPUs, on every executor (so results do not
+    depend on it); a member without fold-fitted views or with its own num_threads keeps
+    its count."""
+    import pipeline.crossfit as C
+    from pipeline.executors.local import LocalExecutor
+
+    monkeypatch.setattr("os.cpu_count", lambda: 4)
+    seen = []
+    real = C._fit_one
+
+    def recording(kind, params, *args):  # the count a 50,000-row fit of the unit would get
+        seen.append(lgbm_params(params, 0, n_rows=50_000)["num_threads"])
+        return real(kind, params, *args)
+
+    monkeypatch.setattr(C, "_fit_one", recording)
+    df, y = synth_features(90, 0, True)
+    X, Xs, cols = _arrays(df)
+    fm = C.FoldMatrices(X, Xs, X[:5], Xs[:5], cols)
+    params = {k: v for k, v in LGBM.items() if k != "num_threads"}
+
+    def run(params, builds_views, prefetch=True):
+        seen.clear()
+        C.cross_fit("lgbm", params, lambda k, rows: fm, y, np.arange(90) % 3, np.arange(90) // 2,
+                    5, seeds=(0, 1), executor=LocalExecutor(prefetch=prefetch),
+                    builds_views=builds_views)
+        return list(seen)
+
+    # folds 0, 1, 2 x seeds 0, 1: the seed-1 units of folds 0 and 1 run beside a build
+    assert run(params, True) == [4, 3, 4, 3, 4, 4]
+    assert run(params, True, prefetch=False) == [4, 3, 4, 3, 4, 4]
+    assert run(params, False) == [4] * 6
+    assert run({**params, "num_threads": 2}, True) == [2] * 6
+    assert lgbm_params({}, 0, n_rows=500)["num_threads"] == 1  # small fits: one thread, always
