@@ -100,11 +100,11 @@ def check_parameter_values(overrides: dict) -> None:
 def lgbm_params(overrides: dict, seed: int, n_rows: int | None = None) -> dict:
     """DEFAULT_LGBM_PARAMS with ``overrides`` merged in, the seed, and the thread count.
 
-    num_threads (unless overridden) is os.cpu_count() or the ``fit_threads`` count in
-    force (pipeline.learners.base), or 1 for fits on fewer than MIN_ROWS_PER_THREADED_FIT
-    rows. Raises ValueError if an override changes the objective or the class count.
+    num_threads (unless overridden) is the ``fit_threads`` count in force
+    (pipeline.learners.base) or else os.cpu_count(), and 1 for fits on fewer than
+    MIN_ROWS_PER_THREADED_FIT rows. Raises ValueError if an override changes the objective
+    or the class count.
     """
-
     for key, value in _FIXED_PARAMS.items():
         if key in overrides and overrides[key] != value:
             raise ValueError(f"stack.lgbm_params.{key} must stay {value!r} (3-class softmax)")
