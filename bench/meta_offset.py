@@ -16,7 +16,9 @@ other folds (grid 0.003-0.3), and ``axis``: a level-2 learner restricted to the 
 swap-symmetric axes of each member, u_m = (log p_A - log p_B) / 2 and t_m = log p_tie -
 (log p_A + log p_B) / 2, with logits (sum a_m u_m, -sum a_m u_m, sum c_m t_m + b): two
 weights per member plus a tie bias (2M + 1 parameters instead of 9M + 3), swap-equivariant
-by construction, L2 toward zero or toward the equal-weight pool (a_m = c_m = 1/M). Every combiner is nested: fold k is combined by one fitted
+by construction, L2 toward zero or toward the equal-weight pool (a_m = c_m = 1/M); and
+``mix``: the default learner's probabilities mixed with the nested soft vote's,
+(1 - a) meta + a soft, with a fixed or chosen per fold by an inner nested CV. Every combiner is nested: fold k is combined by one fitted
 on the other folds only. Several variants are tried on the same OOF, so the best of them
 is slightly optimistic; this is a probe, not a default.
 
@@ -129,6 +131,33 @@ def fit_axis_meta(probas, y, C: float, toward: str):
     return lambda pr: normalize_proba(_softmax(logits(theta, *_axes(pr))), 1e-6)
 
 
+def nested_mix(probas, y, folds, meta_C: float, alpha=None):
+    """(1 - a) * level-2 + a * soft vote (temperature-scaled, as the default soft vote),
+    each fitted on the other folds; a fixed, or (None) the a in [0, 1] minimising the
+    log loss of the two combiners' inner nested predictions on the other folds.
+    Returns ([n, 3], the a per fold)."""
+    from scipy.optimize import minimize_scalar
+
+    from pipeline.blend import fit_blend, nested_blend
+
+    out, picks = np.zeros((len(y), 3)), []
+    for k in np.unique(folds):
+        tr = folds != k
+        sub = [p[tr] for p in probas]
+        a = alpha
+        if a is None:
+            im = nested_meta(sub, y[tr], folds[tr], meta_C)
+            isv, _ = nested_blend(sub, y[tr], folds[tr])
+            a = float(minimize_scalar(lambda t: log_loss(y[tr], (1 - t) * im + t * isv),
+                                      bounds=(0.0, 1.0), method="bounded",
+                                      options={"xatol": 1e-3}).x)
+        picks.append(round(a, 2))
+        held = [p[~tr] for p in probas]
+        out[~tr] = ((1 - a) * fit_meta(sub, y[tr], meta_C).apply(held)
+                    + a * fit_blend(sub, y[tr]).apply(held))
+    return out, picks
+
+
 def nested(probas, y, folds, fit):
     out = np.zeros((len(y), 3))
     for k in np.unique(folds):
@@ -168,7 +197,12 @@ def run_file(stem: str, workdir: Path, members: list[str], meta_C: float) -> dic
             rows[f"axis learner toward {toward}, C {C}"] = log_loss(
                 y, nested(probas, y, folds,
                           lambda pr, yy, C=C, t=toward: fit_axis_meta(pr, yy, C, t)))
-    return {"file": stem, "rows": rows, "picks": picks}
+    for a in (0.1, 0.25):
+        rows[f"level-2 mixed with the soft vote, a {a}"] = log_loss(
+            y, nested_mix(probas, y, folds, meta_C, a)[0])
+    mixed, alphas = nested_mix(probas, y, folds, meta_C)
+    rows["level-2 mixed with the soft vote, a by inner nested CV"] = log_loss(y, mixed)
+    return {"file": stem, "rows": rows, "picks": picks, "alphas": alphas}
 
 
 def main(argv=None) -> int:
@@ -197,6 +231,8 @@ def main(argv=None) -> int:
         results)
     lines += ["", "meta_C picked per fold by the inner CV: " + "; ".join(
         f"{r['file']} {', '.join(map(str, r['picks']))}" for r in results)]
+    lines += ["", "Mixing weight a picked per fold by the inner CV: " + "; ".join(
+        f"{r['file']} {', '.join(map(str, r['alphas']))}" for r in results)]
     text = "\n".join(lines) + "\n"
     write_text_atomic(args.out, text)
     print(text)
