@@ -131,21 +131,39 @@ def ngram_hashing_keys() -> tuple[str, ...]:
     return HASHING_KEYS
 
 
+EMBEDDING_BLOCKS = ("p", "a", "b", "diff", "absdiff", "cos")
+
+
 class EmbeddingFullView:
-    """The full embedding vectors of every configured model; nothing is fitted."""
+    """The full embedding vectors of every configured model; nothing is fitted.
+
+    ``blocks`` picks which parts a row holds, per model: the prompt, A and B vectors, A - B,
+    |A - B| and the three cosines (prompt-A, prompt-B, A-B). Swapping A and B exchanges the
+    a and b blocks, flips the sign of diff and exchanges the first two cosines.
+    """
 
     fit_mode = "none"
     name = EMBEDDING_FULL
 
-    def __init__(self, models: list[str], embed_key: dict):
+    def __init__(self, models: list[str], embed_key: dict, blocks=EMBEDDING_BLOCKS):
         self.models = list(models)
         self.embed_key = embed_key
+        self.blocks = tuple(blocks)
+        bad = [b for b in self.blocks if b not in EMBEDDING_BLOCKS]
+        if bad or not self.blocks or len(set(self.blocks)) != len(self.blocks):
+            raise ValueError(f"embedding-full: blocks must be distinct names of {list(EMBEDDING_BLOCKS)}, "
+                             f"got {list(blocks)!r}")
+
+    def _blocks_key(self) -> dict:
+        # The full set keeps the key it had before blocks existed (caches stay valid).
+        return {} if self.blocks == EMBEDDING_BLOCKS else {"blocks": list(self.blocks)}
 
     def key(self) -> dict:
-        return {"view": EMBEDDING_FULL, "models": self.models, "embed": self.embed_key}
+        return {"view": EMBEDDING_FULL, "models": self.models, "embed": self.embed_key,
+                **self._blocks_key()}
 
     def describe(self) -> dict:
-        return {"view": EMBEDDING_FULL, "models": self.models}
+        return {"view": EMBEDDING_FULL, "models": self.models, **self._blocks_key()}
 
     def prepare(self, ctx, src: Source):
         from features.embedding import row_cosine
@@ -155,14 +173,19 @@ class EmbeddingFullView:
         for m, model in enumerate(self.models):
             e = embeddings_for(ctx, src.frame, model)
             p, a, b = (np.asarray(e[c], dtype=np.float32) for c in ("prompt", "response_a", "response_b"))
-            cos = np.column_stack([row_cosine(p, a), row_cosine(p, b), row_cosine(a, b)]).astype(np.float32)
             d = p.shape[1]
-            blocks.append(np.hstack([p, a, b, a - b, np.abs(a - b), cos]))
-            blocks_sw.append(np.hstack([p, b, a, b - a, np.abs(a - b), cos[:, [1, 0, 2]]]))
             tag = f"embfull{m}"
-            self.names += [f"{tag}__{role}_{i}" for role in ("p", "a", "b", "diff", "absdiff")
-                           for i in range(d)]
-            self.names += [f"{tag}__a_cos_prompt", f"{tag}__b_cos_prompt", f"{tag}__p_cos_ab"]
+            for block in self.blocks:
+                if block == "cos":
+                    cos = np.column_stack([row_cosine(p, a), row_cosine(p, b), row_cosine(a, b)])
+                    x, x_sw = cos, cos[:, [1, 0, 2]]
+                    self.names += [f"{tag}__a_cos_prompt", f"{tag}__b_cos_prompt", f"{tag}__p_cos_ab"]
+                else:
+                    x, x_sw = {"p": (p, p), "a": (a, b), "b": (b, a), "diff": (a - b, b - a),
+                               "absdiff": (np.abs(a - b),) * 2}[block]
+                    self.names += [f"{tag}__{block}_{i}" for i in range(d)]
+                blocks.append(np.asarray(x, dtype=np.float32))
+                blocks_sw.append(np.asarray(x_sw, dtype=np.float32))
         return np.hstack(blocks).astype(np.float32), np.hstack(blocks_sw).astype(np.float32)
 
     def content_hash(self, prep) -> str:
@@ -328,9 +351,13 @@ def build_views(inputs: list, learner_accepts_sparse: bool, kind: str, stack_cfg
             views.append(TfidfView(s, fit, dense, embed_cfg.turn_sep))
         elif name == EMBEDDING_FULL:
             models = list(opts.pop("models", None) or embed_cfg.models)
+            blocks = opts.pop("blocks", EMBEDDING_BLOCKS)
             if opts:
-                raise ValueError(f"embedding-full: unknown setting(s) {sorted(opts)}; known: ['models']")
-            views.append(EmbeddingFullView(models, {m: embed_key_of(m) for m in models}))
+                raise ValueError(f"embedding-full: unknown setting(s) {sorted(opts)}; "
+                                 "known: ['blocks', 'models']")
+            if isinstance(blocks, str):
+                blocks = [blocks]
+            views.append(EmbeddingFullView(models, {m: embed_key_of(m) for m in models}, blocks))
         else:
             if opts:
                 raise ValueError(f"feature group {name!r} takes no settings")
@@ -351,7 +378,7 @@ def view_from_description(desc: dict, config=None):
         turn_sep = config.embed.turn_sep if config is not None else "\n\n"
         return TfidfView(desc["settings"], desc["fit"], desc["dense"], turn_sep)
     if kind == EMBEDDING_FULL:
-        return EmbeddingFullView(desc["models"], {})
+        return EmbeddingFullView(desc["models"], {}, desc.get("blocks", EMBEDDING_BLOCKS))
     raise ValueError(f"unknown view {kind!r} in a run manifest; rerun --stage stack")
 
 

@@ -176,6 +176,7 @@ ALL_KINDS = {
     "lin_tfidf_all": {"kind": "linear", "inputs": [{"tfidf": {"fit": "all"}}]},
     "gbm_emb": {"kind": "lgbm", "inputs": ["embedding-full"]},
     "lin_emb": {"kind": "linear", "inputs": ["embedding-full", "structure"]},
+    "lin_emb_diff": {"kind": "linear", "inputs": [{"embedding-full": {"blocks": ["diff", "absdiff", "cos"]}}]},
 }
 
 
@@ -223,8 +224,34 @@ def test_bad_member_inputs_are_named(tmp_path, fakes):
         ({"m": {"kind": "linear", "inputs": ["lenght"]}}, "unknown feature group"),
         ({"m": {"kind": "linear", "inputs": [{"tfidf": {"fit": "sometimes"}}]}}, "fit must be"),
         ({"m": {"kind": "linear", "inputs": [{"tfidf": {"ngrams": 3}}]}}, "unknown setting"),
+        ({"m": {"kind": "linear", "inputs": [{"embedding-full": {"blocks": ["sum"]}}]}}, "blocks must be"),
+        ({"m": {"kind": "linear", "inputs": [{"embedding-full": {"block": ["diff"]}}]}}, "unknown setting"),
         ({"m": {"kind": "linear", "inputs": ["all"], "params": {"alpha": 1}}}, "unknown param"),
         ({"blend": ["all"]}, "reserved name"),
     ]:
         with pytest.raises(ValueError, match=match):
             S.run_stage(_ctx(tmp_path, stack={"members": members}))
+
+
+def test_embedding_blocks_are_columns_of_the_full_view(tmp_path, fakes):
+    """A blocks choice holds exactly those columns of the full view (swapped rows too), and
+    the full set keeps the cache key it had before blocks existed."""
+    from pipeline.views import EMBEDDING_BLOCKS, EmbeddingFullView, Source
+
+    ctx = _ctx(tmp_path)
+    frame = pd.DataFrame({c: [[f"{c} {i}"] for i in range(12)] for c in ("prompt", "response_a", "response_b")})
+    src = Source("train", frame, [], np.zeros((12, 0), np.float32), np.zeros((12, 0), np.float32))
+    full = EmbeddingFullView(["m1", "m2"], {"m1": {}, "m2": {}})
+    X, X_sw = full.prepare(ctx, src)
+    assert X.shape == (12, 2 * (5 * 8 + 3)) and full.key() == {"view": "embedding-full",
+                                                               "models": ["m1", "m2"], "embed": {"m1": {}, "m2": {}}}
+    part = EmbeddingFullView(["m1", "m2"], {"m1": {}, "m2": {}}, blocks=["cos", "diff"])
+    Y, Y_sw = part.prepare(ctx, src)
+    cols = [full.names.index(n) for n in part.names]
+    assert part.names[:3] == ["embfull0__a_cos_prompt", "embfull0__b_cos_prompt", "embfull0__p_cos_ab"]
+    assert len(cols) == Y.shape[1] == 2 * (8 + 3)
+    assert np.array_equal(Y, X[:, cols]) and np.array_equal(Y_sw, X_sw[:, cols])
+    assert part.key()["blocks"] == ["cos", "diff"] != full.key().get("blocks")
+    # Swapped rows: diff negates, the prompt cosines exchange.
+    assert np.allclose(Y_sw[:, 3:11], -Y[:, 3:11]) and np.array_equal(Y_sw[:, [1, 0, 2]], Y[:, :3])
+    assert EMBEDDING_BLOCKS == ("p", "a", "b", "diff", "absdiff", "cos")
