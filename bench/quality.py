@@ -279,6 +279,23 @@ def subsets_table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    for noisy in ("sentence_transformers", "transformers", "matplotlib", "PIL", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def data_files(data: Path, only=None) -> list[Path]:
+    """The labelled CSVs of ``data`` (those named in ``only``, if given); exits if none."""
+    files = sorted(data.glob("*.csv"))
+    if only:
+        files = [f for f in files if f.stem in only]
+    if not files:
+        raise SystemExit(f"no CSV files in {data}: pass --data DIR")
+    return files
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data",
@@ -292,15 +309,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--json", type=Path, default=None, help="also write the raw results as JSON")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
-    for noisy in ("sentence_transformers", "transformers", "matplotlib", "PIL", "httpx"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-    files = sorted(args.data.glob("*.csv"))
-    if args.only:
-        files = [f for f in files if f.stem in args.only]
-    if not files:
-        raise SystemExit(f"no CSV files in {args.data}: pass --data DIR")
+    setup_logging()
+    files = data_files(args.data, args.only)
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     base = load_config(args.config)
     rows = [run_file(f, args.workdir, args.limit, base, args.seed) for f in files]
