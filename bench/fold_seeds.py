@@ -21,6 +21,7 @@ Every fit is cached by its folds, so a seed already run (or the default seed, af
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import sys
@@ -68,6 +69,31 @@ def selection(rows: list[dict]) -> dict:
             "n_top": len(top), "rank": rank, "best": top[0], "n_subsets": len(scored)}
 
 
+def pooled(results: dict[int, list[dict]], top: int = 10) -> list[str]:
+    """Markdown rows: subsets ranked by mean OOF log loss over every file and draw."""
+    seeds = sorted(results)
+    bars = {s: {v["file"]: v["bar"] for v in verdicts(results[s])} for s in seeds}
+    default = selection(results[seeds[0]])["default"]
+    files = [r["file"] for r in results[seeds[0]]]
+    scored = []
+    for name in results[seeds[0]][0]["subsets"]:
+        per_file = [np.mean([next(r for r in results[s] if r["file"] == f)["subsets"][name] for s in seeds])
+                    for f in files]
+        wins = [sum(r["subsets"][name] <= bars[s][r["file"]] for r in results[s]) for s in seeds]
+        scored.append((float(np.mean(per_file)), name, per_file, wins))
+    scored.sort()
+    rank = next(i + 1 for i, x in enumerate(scored) if x[1] == default)
+    lines = ["| rank | members | " + " | ".join(files) + " | mean | files won per draw |",
+             "|---|---|" + "---|" * (len(files) + 2)]
+    for i, (mean, name, per_file, wins) in enumerate(scored):
+        if i < top or name == default:
+            mark = "**" if name == default else ""
+            lines.append(f"| {i + 1} | {mark}{name}{mark} | " + " | ".join(f"{v:.4f}" for v in per_file)
+                         + f" | {mean:.4f} | {', '.join(map(str, wins))} |")
+    return lines + ["", f"The default members (bold) rank {rank} of {len(scored)} on the mean over "
+                    f"{len(seeds)} draws."]
+
+
 def report(results: dict[int, list[dict]], load: str, started: str) -> str:
     seeds = sorted(results)
     files = [r["file"] for r in results[seeds[0]]]
@@ -108,6 +134,9 @@ def report(results: dict[int, list[dict]], load: str, started: str) -> str:
         lines.append(f"| {s} | {sel['n_subsets']} | {sel['most_wins']} | {sel['n_top']} | "
                      f"{sel['default_wins']} | {sel['default_mean']:.4f} | "
                      f"{sel['rank'] if sel['rank'] else '-'} | {sel['best'][1]} ({sel['best'][0]:.4f}) |")
+    lines += ["", f"Every subset on the mean over all {len(seeds)} draws and the five files (each file's "
+              "column is its mean over the draws; the top ten and the default):", ""]
+    lines += pooled(results)
     return "\n".join(lines) + "\n"
 
 
@@ -120,6 +149,7 @@ def main(argv=None) -> int:
     p.add_argument("--config", type=Path, default=None, help="experiment YAML to start from")
     p.add_argument("--only", nargs="*", default=None, help="file stems to run (default: all)")
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--json", type=Path, default=None, help="also write the raw results as JSON")
     args = p.parse_args(argv)
     quality.setup_logging()
     files = quality.data_files(args.data, args.only)
@@ -134,6 +164,8 @@ def main(argv=None) -> int:
     print(text)
     if args.out:
         write_text_atomic(args.out, text)
+    if args.json:
+        write_text_atomic(args.json, json.dumps(results, indent=1, default=float))
     return 0
 
 
