@@ -133,6 +133,31 @@ def table(rows: list[dict], load: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def variant_lines(rows: list[dict], labels: list[str], first_col: str, name_of=None) -> list[str]:
+    """Markdown lines of a variant table (bench/seeds.py, bench/member_probe.py): per variant
+    each file's member / stack OOF, the stack's mean, on how many files the stack beats the
+    first variant's, and on how many it meets issue #10's bar; then the bars and seconds."""
+    files = [r["file"] for r in rows]
+    base = {r["file"]: r["variants"][labels[0]]["stack"] for r in rows}
+    lines = [f"| {first_col} | " + " | ".join(files) + " | mean (stack) | files where the stack beats "
+             "the first row's by > 0.0001 | files meeting the bar |",
+             "|---|" + "---|" * (len(files) + 3)]
+    for label in labels:
+        cells, stacks, better, met = [], [], 0, 0
+        for r in rows:
+            c = r["variants"][label]
+            stacks.append(c["stack"])
+            better += c["stack"] < base[r["file"]] - 1e-4
+            met += c["stack"] <= BARS.get(r["file"], np.inf)
+            cells.append(f"{c['member']:.4f} / {c['stack']:.4f}")
+        name = name_of(label) if name_of else label
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {np.mean(stacks):.4f} | {better} | {met} |")
+    return lines + ["", "Bar per file (issue #10): " + ", ".join(
+        f"{f} {BARS[f]:.4f}" for f in files if f in BARS),
+        "", "Seconds per file (every member, cached ones ~0): " + ", ".join(
+            f"{r['file']} {r['seconds']:.0f}" for r in rows)]
+
+
 def sweep_main(argv, description: str, run_file, table, results: Path) -> int:
     """The command line of a variant sweep (this script, bench/seeds.py): every shared file
     through ``run_file(path, workdir, seed)``, one line per file, then ``table(rows,

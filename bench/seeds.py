@@ -20,12 +20,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.lgbm_sweep import BARS, sweep_file, sweep_main  # noqa: E402
+from bench.lgbm_sweep import sweep_file, sweep_main, variant_lines  # noqa: E402
 from pipeline.config import Config  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "seeds.md"
@@ -60,9 +59,6 @@ def run_file(path: Path, workdir: Path, seed: int) -> dict:
 
 
 def table(rows: list[dict], load: str) -> str:
-    files = [r["file"] for r in rows]
-    first = next(iter(VARIANTS))
-    base = {r["file"]: r["variants"][first]["stack"] for r in rows}
     lines = [
         "# Seeds of lgbm_tfidf, on every shared file",
         "",
@@ -72,24 +68,9 @@ def table(rows: list[dict], load: str) -> str:
         "variant alone / the default stack with it in lgbm_tfidf's place (nested level-2 "
         "blend). Other members: the defaults.",
         "",
-        "| lgbm_tfidf | " + " | ".join(files) + " | mean (stack) | files where the stack beats the first row's by > 0.0001 | files meeting the bar |",
-        "|---|" + "---|" * (len(files) + 3),
     ]
-    for label in VARIANTS:
-        cells, stacks, better, met = [], [], 0, 0
-        for r in rows:
-            c = r["variants"][label]
-            stacks.append(c["stack"])
-            better += c["stack"] < base[r["file"]] - 1e-4
-            met += c["stack"] <= BARS.get(r["file"], np.inf)
-            cells.append(f"{c['member']:.4f} / {c['stack']:.4f}")
-        name = f"{label} (default)" if _is_default(label) else label
-        lines.append(f"| {name} | " + " | ".join(cells)
-                     + f" | {np.mean(stacks):.4f} | {better} | {met} |")
-    lines += ["", "Bar per file (issue #10): " + ", ".join(
-        f"{f} {BARS[f]:.4f}" for f in files if f in BARS),
-        "", "Seconds per file (every member, cached ones ~0): " + ", ".join(
-            f"{r['file']} {r['seconds']:.0f}" for r in rows)]
+    lines += variant_lines(rows, list(VARIANTS), "lgbm_tfidf",
+                           lambda label: f"{label} (default)" if _is_default(label) else label)
     return "\n".join(lines) + "\n"
 
 
