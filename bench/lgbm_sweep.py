@@ -25,7 +25,7 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.quality import _ctx, split_file  # noqa: E402
+from bench.quality import _ctx, bar_of, peer_oofs, split_file  # noqa: E402
 from pipeline.blend import log_loss, nested_meta  # noqa: E402
 from pipeline.catalog import read_json, write_text_atomic  # noqa: E402
 from pipeline.config import Config, apply_overrides  # noqa: E402
@@ -71,12 +71,16 @@ def _member(name: str, params) -> dict:
 
 
 def sweep_file(path: Path, workdir: Path, seed: int, run_name: str, others: dict,
-               variants: dict) -> dict:
+               variants: dict, fold_seed: int | None = None) -> dict:
     """Cross-fit ``others`` and every variant of one member on one file (bench/quality.py's
     split), then score each variant alone and in the nested level-2 stack beside
     ``others``. ``variants``: label -> (member name, member spec). Returns: {file,
-    variants: label -> {member, stack}, seconds}."""
+    variants: label -> {member, stack}, seconds}. ``fold_seed``: another draw of the folds
+    than the default's ``stack.fold_seed`` (its runs are named apart)."""
     base = Config()
+    if fold_seed is not None:
+        base = apply_overrides(base, {"stack": {"fold_seed": fold_seed}})
+        run_name = f"{run_name}-fs{fold_seed}"
     train_path, test_path, _ = split_file(path, workdir / "bench_data" / path.stem, None, seed)
     members = {**others, **{name: spec for name, spec in variants.values()}}
     cfg = apply_overrides(base, {"name": f"{run_name}-{path.stem}",
@@ -95,12 +99,15 @@ def sweep_file(path: Path, workdir: Path, seed: int, run_name: str, others: dict
                    "stack": log_loss(y, nested_meta([proba[name]] + rest, y, folds,
                                                     base.stack.meta_C))}
            for label, (name, _) in variants.items()}
-    return {"file": path.stem, "variants": out, "seconds": time.perf_counter() - t0}
+    res = {"file": path.stem, "variants": out, "seconds": time.perf_counter() - t0}
+    if fold_seed is not None:  # the bar of this draw: its own peers (cached by folds)
+        res["bar"] = bar_of(peer_oofs(ctx, workdir, path.stem, y, folds), y)
+    return res
 
 
-def run_file(path: Path, workdir: Path, seed: int) -> dict:
+def run_file(path: Path, workdir: Path, seed: int, fold_seed: int | None = None) -> dict:
     variants = {v: (name, _member(name, p)) for v, (name, p) in VARIANTS.items()}
-    return sweep_file(path, workdir, seed, "lgbm-sweep", OTHERS, variants)
+    return sweep_file(path, workdir, seed, "lgbm-sweep", OTHERS, variants, fold_seed)
 
 
 def table(rows: list[dict], load: str) -> str:
@@ -138,6 +145,7 @@ def variant_lines(rows: list[dict], labels: list[str], first_col: str, name_of=N
     each file's member / stack OOF, the stack's mean, on how many files the stack beats the
     first variant's, and on how many it meets issue #10's bar; then the bars and seconds."""
     files = [r["file"] for r in rows]
+    bars = {r["file"]: r.get("bar", BARS.get(r["file"], np.inf)) for r in rows}
     base = {r["file"]: r["variants"][labels[0]]["stack"] for r in rows}
     lines = [f"| {first_col} | " + " | ".join(files) + " | mean (stack) | files where the stack beats "
              "the first row's by > 0.0001 | files meeting the bar |",
@@ -148,25 +156,30 @@ def variant_lines(rows: list[dict], labels: list[str], first_col: str, name_of=N
             c = r["variants"][label]
             stacks.append(c["stack"])
             better += c["stack"] < base[r["file"]] - 1e-4
-            met += c["stack"] <= BARS.get(r["file"], np.inf)
+            met += c["stack"] <= bars[r["file"]]
             cells.append(f"{c['member']:.4f} / {c['stack']:.4f}")
         name = name_of(label) if name_of else label
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {np.mean(stacks):.4f} | {better} | {met} |")
-    return lines + ["", "Bar per file (issue #10): " + ", ".join(
-        f"{f} {BARS[f]:.4f}" for f in files if f in BARS),
+    draw = ("" if not any("bar" in r for r in rows) else
+            " (of this draw of the folds: its own peers' OOF, as bench/fold_seeds.py)")
+    return lines + ["", f"Bar per file (issue #10){draw}: " + ", ".join(
+        f"{f} {bars[f]:.4f}" for f in files if np.isfinite(bars[f])),
         "", "Seconds per file (every member, cached ones ~0): " + ", ".join(
             f"{r['file']} {r['seconds']:.0f}" for r in rows)]
 
 
 def sweep_main(argv, description: str, run_file, table, results: Path) -> int:
     """The command line of a variant sweep (this script, bench/seeds.py): every shared file
-    through ``run_file(path, workdir, seed)``, one line per file, then ``table(rows,
+    through ``run_file(path, workdir, seed, fold_seed)``, one line per file, then ``table(rows,
     load)`` printed and written to ``--out``."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
     p.add_argument("--workdir", type=Path,
                    default=Path(os.environ.get("PREFSTACK_BENCH_DIR", "/tmp/prefstack-bench")))
     p.add_argument("--seed", type=int, default=0, help="seed of the held-out split (as quality.py)")
+    p.add_argument("--fold-seed", type=int, default=None,
+                   help="another draw of the folds (stack.fold_seed, as bench/fold_seeds.py); "
+                        "the bars are then that draw's (its peers are fitted or read from the cache)")
     p.add_argument("--out", type=Path, default=results)
     args = p.parse_args(argv)
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
@@ -176,10 +189,12 @@ def sweep_main(argv, description: str, run_file, table, results: Path) -> int:
         if not path.is_file():
             print(f"skip {stem}: {path} not found")
             continue
-        rows.append(run_file(path, args.workdir, args.seed))
+        rows.append(run_file(path, args.workdir, args.seed, args.fold_seed))
         print(stem, json.dumps({v: [round(c["member"], 4), round(c["stack"], 4)]
                                 for v, c in rows[-1]["variants"].items()}), flush=True)
     text = table(rows, load)
+    if args.fold_seed is not None:
+        text = text.replace("\n\n", f"\n\nFolds: `stack.fold_seed` {args.fold_seed} (`--fold-seed`).\n\n", 1)
     write_text_atomic(args.out, text)
     print(text)
     return 0

@@ -59,13 +59,13 @@ VARIANTS = {
 }
 
 
-def run_file(path: Path, workdir: Path, seed: int) -> dict:
+def run_file(path: Path, workdir: Path, seed: int, fold_seed: int | None = None) -> dict:
     """Every variant on one file: one sweep per member replaced (or added), merged."""
     out = {"file": path.stem, "variants": {}, "seconds": 0.0}
     for target in dict.fromkeys(t for t, _, _ in VARIANTS.values()):
         others = {n: s for n, s in DEFAULTS.items() if n != target}
         variants = {label: (name, spec) for label, (t, name, spec) in VARIANTS.items() if t == target}
-        r = sweep_file(path, workdir, seed, "member-probe", others, variants)
+        r = sweep_file(path, workdir, seed, "member-probe", others, variants, fold_seed)
         out["variants"].update(r["variants"])
         out["seconds"] += r["seconds"]
     out["variants"] = {label: out["variants"][label] for label in VARIANTS}

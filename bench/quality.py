@@ -126,9 +126,37 @@ def _peer_oof(workdir: Path, stem: str, name: str, run, key) -> np.ndarray:
     return oof
 
 
+def peer_oofs(ctx, workdir: Path, data_name: str, y: np.ndarray, folds: np.ndarray) -> dict:
+    """OOF probabilities of the three peers and their plain average on ``ctx``'s training
+    rows and ``folds`` (each peer cached by its code, the data and the folds)."""
+    from pipeline.embed import embeddings_for
+    from pipeline.folds import prompt_groups
+
+    cfg = ctx.config
+    train, test = ctx.dataset.train, ctx.dataset.test
+    groups = prompt_groups(train)
+    kw = {"seeds": tuple(cfg.stack.seeds)}
+    model = cfg.embed.models[0]
+    runs = {
+        "length_lr": lambda: peers.length_lr(train, test, y, folds, groups, **kw),
+        "tfidf_lgbm": lambda: peers.tfidf_lgbm(train, test, y, folds, groups, **kw),
+        "emb_lr": lambda: peers.emb_lr(embeddings_for(ctx, train, model),
+                                       embeddings_for(ctx, test, model), y, folds, groups, **kw),
+    }
+    out = {n: _peer_oof(workdir, data_name, n, run, (y, folds, kw)) for n, run in runs.items()}
+    out["peer_average"] = 0.5 * (out["tfidf_lgbm"] + out["emb_lr"])
+    return out
+
+
+def bar_of(peer_p: dict, y: np.ndarray) -> float:
+    """Issue #10's bar: the lower of the best peer's and the peer average's OOF log loss,
+    minus the margin."""
+    scores = {n: log_loss(y, p) for n, p in peer_p.items()}
+    return min(min(scores[n] for n in PEERS), scores["peer_average"]) - MARGIN
+
+
 def run_file(path: Path, workdir: Path, limit: int | None, base_cfg, seed: int) -> dict:
     """Candidates, default stack and peers on one file; returns its results."""
-    from pipeline.embed import embeddings_for
     from pipeline.folds import prompt_groups
 
     stem = path.stem
@@ -160,21 +188,12 @@ def run_file(path: Path, workdir: Path, limit: int | None, base_cfg, seed: int) 
     y_held = np.argmax(held[list(LABEL_COLUMNS)].astype(int).to_numpy(), axis=1)
     p_held = sub[list(LABEL_COLUMNS)].to_numpy()
 
-    train, test = ctx.dataset.train, ctx.dataset.test
+    train = ctx.dataset.train
     assert (train["id"].astype(str).to_numpy() == oof["id"].to_numpy()).all()
     groups = prompt_groups(train)
-    kw = {"seeds": tuple(def_cfg.stack.seeds)}
     t0 = time.perf_counter()
-    model = def_cfg.embed.models[0]
-    runs = {
-        "length_lr": lambda: peers.length_lr(train, test, y, folds, groups, **kw),
-        "tfidf_lgbm": lambda: peers.tfidf_lgbm(train, test, y, folds, groups, **kw),
-        "emb_lr": lambda: peers.emb_lr(embeddings_for(ctx, train, model),
-                                       embeddings_for(ctx, test, model), y, folds, groups, **kw),
-    }
-    peer_p = {n: _peer_oof(workdir, data_dir.name, n, run, (y, folds, kw)) for n, run in runs.items()}
+    peer_p = peer_oofs(ctx, workdir, data_dir.name, y, folds)
     peer_seconds = time.perf_counter() - t0
-    peer_p["peer_average"] = 0.5 * (peer_p["tfidf_lgbm"] + peer_p["emb_lr"])
     scores = {n: log_loss(y, p) for n, p in peer_p.items()}
     best_peer = min(PEERS, key=lambda n: scores[n])
     subsets = {}

@@ -52,10 +52,10 @@ def _is_default(label: str) -> bool:
     return (lr is None and list(seeds) == list(default.get("seeds", Config().stack.seeds)))
 
 
-def run_file(path: Path, workdir: Path, seed: int) -> dict:
+def run_file(path: Path, workdir: Path, seed: int, fold_seed: int | None = None) -> dict:
     others = {n: s for n, s in Config().stack.members.items() if n != "lgbm_tfidf"}
     variants = {label: (name, _variant(s, lr)) for label, (name, s, lr) in VARIANTS.items()}
-    return sweep_file(path, workdir, seed, "seeds", others, variants)
+    return sweep_file(path, workdir, seed, "seeds", others, variants, fold_seed)
 
 
 def table(rows: list[dict], load: str) -> str:
