@@ -68,6 +68,8 @@ def run_file(path: Path, workdir: Path, seed: int, fold_seed: int | None = None)
         r = sweep_file(path, workdir, seed, "member-probe", others, variants, fold_seed)
         out["variants"].update(r["variants"])
         out["seconds"] += r["seconds"]
+        if "bar" in r:
+            out["bar"] = r["bar"]
     out["variants"] = {label: out["variants"][label] for label in VARIANTS}
     return out
 
