@@ -1,0 +1,160 @@
+"""Two uses of a prompt's other responses, probed on the default stack's OOF predictions.
+
+Vicuna80 rates every pair of 8 models' answers to each of its 80 questions (PandaLM: 4-5
+answers per prompt), so each response occurs in several rows. Two label-free ways to use
+that, both scored on ``bench/quality.py``'s folds (run it first):
+
+1. **Neighbour win rate** (a member): a response's mean outcome (win 1, tie 0.5, loss 0)
+   over its k nearest training responses in the embedding space (cosine, bundled MiniLM),
+   never from its own prompt; the member is a swap-augmented logistic regression on
+   [wA - wB, |wA - wB|, wA + wB], fitted per fold on that fold's training rows (whose own
+   neighbours also exclude their prompt), then added to the default members' nested
+   level-2 blend.
+2. **Bradley-Terry smoothing** (post-processing): per prompt, least-squares scores s of
+   its distinct responses with s_A - s_B ~ log(p_A / p_B) of the stack's OOF rows (ridge
+   ``lam``), then log(p_A / p_B) := (1 - mix) * itself + mix * (s_A - s_B), the tie
+   probability kept. All rows of a prompt share a fold, so no label is read.
+
+    python bench/quality.py && python bench/cohort_probe.py
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.lgbm_sweep import FILES  # noqa: E402
+from bench.quality import _ctx  # noqa: E402
+from pipeline.blend import log_loss, nested_meta, normalize_proba  # noqa: E402
+from pipeline.catalog import write_text_atomic  # noqa: E402
+from pipeline.config import Config, apply_overrides  # noqa: E402
+
+RESULTS = REPO / "bench" / "results" / "cohort_probe.md"
+KS = (20, 100)
+SMOOTHING = ((0.1, 0.5), (1.0, 0.5), (1.0, 1.0))  # (lam, mix)
+
+
+def _proba(oof: pd.DataFrame, name: str) -> np.ndarray:
+    return oof[[f"{name}_a", f"{name}_b", f"{name}_tie"]].to_numpy()
+
+
+def neighbour_member(R, prompts, win, folds, y, k: int) -> np.ndarray:
+    """OOF probabilities of the neighbour-win-rate member (see the module docstring)."""
+    from sklearn.linear_model import LogisticRegression
+
+    n = len(y)
+    rp, rf = np.concatenate([prompts, prompts]), np.concatenate([folds, folds])
+    swap = np.array([1, 0, 2])
+    out = np.zeros((n, 3))
+    for f in np.unique(folds):
+        tr = rf != f
+        sim = R @ R[tr].T
+        sim[rp[:, None] == rp[tr][None, :]] = -np.inf
+        idx = np.argpartition(-sim, k, axis=1)[:, :k]
+        w = win[tr][idx].mean(axis=1)
+        x = np.column_stack([w[:n] - w[n:], np.abs(w[:n] - w[n:]), w[:n] + w[n:]])
+        xs = x * np.array([-1.0, 1.0, 1.0])
+        fit = folds != f
+        lr = LogisticRegression(C=1.0, max_iter=1000).fit(
+            np.vstack([x[fit], xs[fit]]), np.concatenate([y[fit], swap[y[fit]]]))
+
+        def proba(z):
+            p = np.full((len(z), 3), 1e-6)
+            p[:, lr.classes_] = lr.predict_proba(z)
+            return p / p.sum(axis=1, keepdims=True)
+        out[~fit] = 0.5 * (proba(x[~fit]) + proba(xs[~fit])[:, swap])
+    return out
+
+
+def bt_smooth(P, train: pd.DataFrame, lam: float, mix: float) -> np.ndarray:
+    """The stack's probabilities with each prompt's A-vs-B log-odds pulled toward a
+    Bradley-Terry fit over its responses (see the module docstring)."""
+    P = normalize_proba(P)
+    Q = P.copy()
+    for idx in train.groupby("prompt").indices.values():
+        codes, uniq = pd.factorize(np.concatenate([train["response_a"].to_numpy()[idx],
+                                                   train["response_b"].to_numpy()[idx]]))
+        A = np.zeros((len(idx), len(uniq)))
+        A[np.arange(len(idx)), codes[:len(idx)]] += 1
+        A[np.arange(len(idx)), codes[len(idx):]] -= 1
+        z = np.log(P[idx, 0]) - np.log(P[idx, 1])
+        s = np.linalg.solve(A.T @ A + lam * np.eye(len(uniq)), A.T @ z)
+        zs = (1 - mix) * z + mix * (A @ s)
+        rest = 1 - P[idx, 2]
+        Q[idx, 0] = rest / (1 + np.exp(-zs))
+        Q[idx, 1] = rest - Q[idx, 0]
+    return Q
+
+
+def run_file(stem: str, workdir: Path) -> dict:
+    from pipeline.embed import embeddings_for
+
+    cfg = Config()
+    members = list(cfg.stack.members)
+    d = workdir / "bench_data" / stem
+    ctx = _ctx(apply_overrides(cfg, {"name": f"quality-candidates-{stem}"}), workdir,
+               d / "train.csv", d / "test.csv")
+    oof = pd.read_parquet(ctx.run_dir / "oof.parquet")
+    stack = pd.read_parquet(workdir / "runs" / f"quality-default-{stem}" / "oof.parquet")
+    # Canonical texts are lists of turns: one string each, to group and compare them.
+    train = ctx.dataset.train[["id", "prompt", "response_a", "response_b"]].copy()
+    for c in ("prompt", "response_a", "response_b"):
+        train[c] = ["\x1e".join(t or "" for t in turns) for turns in train[c]]
+    assert (train["id"].astype(str).to_numpy() == oof["id"].to_numpy()).all()
+    assert (stack["id"].to_numpy() == oof["id"].to_numpy()).all()
+    y, folds = oof["label"].to_numpy().astype(np.int64), oof["fold"].to_numpy().astype(np.int64)
+    e = embeddings_for(ctx, train, cfg.embed.models[0])
+    R = np.vstack([np.asarray(e["response_a"]), np.asarray(e["response_b"])]).astype(np.float32)
+    R /= np.linalg.norm(R, axis=1, keepdims=True) + 1e-9
+    win = np.concatenate([np.select([y == 0, y == 1], [1.0, 0.0], 0.5),
+                          np.select([y == 1, y == 0], [1.0, 0.0], 0.5)])
+    prompts = pd.factorize(train["prompt"])[0]
+    probas = [_proba(oof, m) for m in members]
+    P = stack[["blend_a", "blend_b", "blend_tie"]].to_numpy()
+    out = {"default stack": log_loss(y, P)}
+    for k in KS:
+        nb = neighbour_member(R, prompts, win, folds, y, k)
+        out[f"neighbour win rate, k {k}: the member alone"] = log_loss(y, nb)
+        out[f"neighbour win rate, k {k}: default members + it (nested level-2)"] = log_loss(
+            y, nested_meta(probas + [nb], y, folds, cfg.stack.meta_C))
+    for lam, mix in SMOOTHING:
+        out[f"Bradley-Terry smoothing, lam {lam}, mix {mix}"] = log_loss(y, bt_smooth(P, train, lam, mix))
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--workdir", type=Path,
+                   default=Path(os.environ.get("PREFSTACK_BENCH_DIR", "/tmp/prefstack-bench")))
+    p.add_argument("--out", type=Path, default=RESULTS)
+    args = p.parse_args(argv)
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    stems = [s for s in FILES if (args.workdir / "runs" / f"quality-default-{s}" / "oof.parquet").is_file()]
+    if not stems:
+        raise SystemExit(f"no quality runs in {args.workdir}: run bench/quality.py first")
+    rows = {s: run_file(s, args.workdir) for s in stems}
+    labels = list(next(iter(rows.values())))
+    lines = ["# A prompt's other responses: neighbour win rate and Bradley-Terry smoothing", "",
+             f"Written {time.strftime('%Y-%m-%d %H:%M')} by `python bench/cohort_probe.py` from "
+             "bench/quality.py's OOF (default members, its folds). Load average at start "
+             f"{load}. OOF log loss; every probe nested or label-free.", "",
+             "| probe | " + " | ".join(stems) + " | mean |", "|---|" + "---|" * (len(stems) + 1)]
+    for label in labels:
+        vals = [rows[s][label] for s in stems]
+        lines.append(f"| {label} | " + " | ".join(f"{v:.4f}" for v in vals) + f" | {np.mean(vals):.4f} |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    write_text_atomic(args.out, text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
