@@ -39,11 +39,20 @@ from pipeline.config import Config, apply_overrides  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "cohort_probe.md"
 KS = (20, 100)
-SMOOTHING = ((0.1, 0.5), (1.0, 0.5), (1.0, 1.0))  # (lam, mix)
+SMOOTHING = ((1e-6, 0.5), (1e-6, 1.0), (0.1, 0.5), (1.0, 0.5), (1.0, 1.0))  # (lam, mix)
 
 
 def _proba(oof: pd.DataFrame, name: str) -> np.ndarray:
     return oof[[f"{name}_a", f"{name}_b", f"{name}_tie"]].to_numpy()
+
+
+def neighbour_win_rates(R, prompts, win, pool, k: int) -> np.ndarray:
+    """Per response (row of R): the mean outcome of its k most similar responses among
+    ``pool`` (a mask), never one of its own prompt's."""
+    sim = R @ R[pool].T
+    sim[prompts[:, None] == prompts[pool][None, :]] = -np.inf
+    idx = np.argpartition(-sim, k, axis=1)[:, :k]
+    return win[pool][idx].mean(axis=1)
 
 
 def neighbour_member(R, prompts, win, folds, y, k: int) -> np.ndarray:
@@ -55,11 +64,7 @@ def neighbour_member(R, prompts, win, folds, y, k: int) -> np.ndarray:
     swap = np.array([1, 0, 2])
     out = np.zeros((n, 3))
     for f in np.unique(folds):
-        tr = rf != f
-        sim = R @ R[tr].T
-        sim[rp[:, None] == rp[tr][None, :]] = -np.inf
-        idx = np.argpartition(-sim, k, axis=1)[:, :k]
-        w = win[tr][idx].mean(axis=1)
+        w = neighbour_win_rates(R, rp, win, rf != f, k)
         x = np.column_stack([w[:n] - w[n:], np.abs(w[:n] - w[n:]), w[:n] + w[n:]])
         xs = x * np.array([-1.0, 1.0, 1.0])
         fit = folds != f

@@ -1,0 +1,105 @@
+"""bench/fold_seeds.py's verdicts and rankings, and bench/cohort_probe.py's two probes, on
+small made-up inputs where the answer is known."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bench import cohort_probe, fold_seeds, quality
+
+FILES = ("f1", "f2")
+DEFAULT = ["lgbm_tfidf", "linear_all"]
+
+
+def _row(file: str, stack: float, best: float, avg: float, subsets: dict) -> dict:
+    peers = {"length_lr": (best + 0.1, 0.5), "tfidf_lgbm": (best, 0.5), "emb_lr": (best + 0.05, 0.5),
+             "peer_average": (avg, 0.5)}
+    return {"file": file, "stack": (stack, 0.6), "peers": peers, "best_peer": "tfidf_lgbm",
+            "default_members": DEFAULT, "subsets": subsets}
+
+
+def test_verdicts_and_selection():
+    d = "meta: " + "+".join(DEFAULT)
+    rows = [_row("f1", 0.60, 0.62, 0.63, {d: 0.60, "meta: lgbm_all": 0.59, "soft_vote: lgbm_all": 0.70}),
+            _row("f2", 0.80, 0.80, 0.81, {d: 0.80, "meta: lgbm_all": 0.78, "soft_vote: lgbm_all": 0.70})]
+    v = fold_seeds.verdicts(rows)
+    assert [round(x["bar"], 6) for x in v] == [0.615, 0.795]  # min(best, avg) - 0.005
+    assert [round(x["margin"], 6) for x in v] == [-0.015, 0.005]
+    sel = fold_seeds.selection(rows)
+    # lgbm_all's meta blend wins both files, the default one: it is not among the best.
+    assert (sel["default"], sel["default_wins"], sel["most_wins"], sel["n_top"]) == (d, 1, 2, 1)
+    assert sel["rank"] is None and sel["best"][1] == "meta: lgbm_all"
+
+
+def test_pooled_ranks_on_the_mean_over_draws():
+    d = "meta: " + "+".join(DEFAULT)
+    draw = lambda a, b: [_row("f1", 0.6, 0.62, 0.63, {d: a, "meta: x": b}),  # noqa: E731
+                         _row("f2", 0.8, 0.80, 0.81, {d: a, "meta: x": b})]
+    # x is better on one draw, the default on the other, by more: the default ranks first.
+    lines = fold_seeds.pooled({42: draw(0.60, 0.61), 43: draw(0.60, 0.58)})
+    assert lines[2].startswith("| 1 | meta: x |") and "**" + d + "**" in lines[3]
+    lines = fold_seeds.pooled({42: draw(0.58, 0.61), 43: draw(0.60, 0.60)})
+    assert lines[2].startswith(f"| 1 | **{d}** |")
+    assert lines[-1].startswith("The default members (bold) rank 1 of 2")
+    report = fold_seeds.report({42: draw(0.58, 0.61), 43: draw(0.60, 0.60)}, "1.0", "t")
+    assert "| f2 | 0.8000 / 0.7950 (**+0.0050**) | 0.8000 / 0.7950 (**+0.0050**) | 0 of 2 |" in report
+
+
+def _pairs(n_prompts: int = 6, k: int = 4, seed: int = 0):
+    """Every pair of k responses per prompt, with probabilities from latent scores."""
+    rng = np.random.default_rng(seed)
+    rows, P = [], []
+    for q in range(n_prompts):
+        s = rng.normal(size=k)
+        for i in range(k):
+            for j in range(i + 1, k):
+                rows.append({"prompt": f"p{q}", "response_a": f"r{q}-{i}", "response_b": f"r{q}-{j}"})
+                pa = 0.8 / (1 + np.exp(s[j] - s[i]))
+                P.append([pa, 0.8 - pa, 0.2])
+    return pd.DataFrame(rows), np.asarray(P)
+
+
+def test_bt_smoothing_keeps_consistent_predictions_and_ties():
+    frame, P = _pairs()
+    # Predictions that are exactly a Bradley-Terry model are left as they are (tiny ridge).
+    assert np.abs(cohort_probe.bt_smooth(P, frame, 1e-9, 1.0) - P).max() < 1e-6
+    # Inconsistent ones move, the tie column never does, mix 0 is the identity.
+    noisy = P.copy()
+    noisy[::3, :2] = noisy[::3, [1, 0]]
+    out = cohort_probe.bt_smooth(noisy, frame, 0.1, 1.0)
+    assert np.abs(out - noisy).max() > 0.01 and np.allclose(out[:, 2], noisy[:, 2])
+    assert np.allclose(out.sum(axis=1), 1)
+    assert np.allclose(cohort_probe.bt_smooth(noisy, frame, 0.1, 0.0), noisy)
+
+
+def test_neighbour_member_never_reads_its_own_prompts_labels():
+    rng = np.random.default_rng(1)
+    n, prompts = 60, np.repeat(np.arange(12), 5)
+    folds = prompts % 3
+    R = rng.normal(size=(2 * n, 8)).astype(np.float32)
+    R /= np.linalg.norm(R, axis=1, keepdims=True)
+    y = rng.integers(0, 3, n)
+    win = lambda y: np.concatenate([np.select([y == 0, y == 1], [1.0, 0.0], 0.5),  # noqa: E731
+                                    np.select([y == 1, y == 0], [1.0, 0.0], 0.5)])
+    base = cohort_probe.neighbour_member(R, prompts, win(y), folds, y, 5)
+    assert base.shape == (n, 3) and np.allclose(base.sum(axis=1), 1)
+    # Changing prompt 0's labels changes no prediction of prompt 0's rows: their
+    # neighbours come from other prompts and their fold's model from other folds.
+    y2 = y.copy()
+    y2[prompts == 0] = (y[prompts == 0] + 1) % 3
+    again = cohort_probe.neighbour_member(R, prompts, win(y2), folds, y2, 5)
+    assert np.allclose(again[prompts == 0], base[prompts == 0])
+    assert not np.allclose(again, base)
+    # ... and no response's win rate (training rows' included) reads its own prompt.
+    rp, pool = np.concatenate([prompts, prompts]), np.ones(2 * n, dtype=bool)
+    r1 = cohort_probe.neighbour_win_rates(R, rp, win(y), pool, 5)
+    r2 = cohort_probe.neighbour_win_rates(R, rp, win(y2), pool, 5)
+    assert np.allclose(r1[rp == 0], r2[rp == 0]) and not np.allclose(r1, r2)
+
+
+def test_bar_of_is_the_lower_peer_minus_the_margin():
+    y = np.array([0, 1, 2, 0])
+    good, bad = np.eye(3)[y] * 0.7 + 0.1, np.full((4, 3), 1 / 3)
+    peer_p = {"length_lr": bad, "tfidf_lgbm": good, "emb_lr": bad, "peer_average": (good + bad) / 2}
+    assert quality.bar_of(peer_p, y) == pytest.approx(-np.log(0.8) - quality.MARGIN)
