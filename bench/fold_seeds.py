@@ -13,7 +13,9 @@ held-out split, and prints:
    win the most files, i.e. whether the selection rule would pick them again.
 
 Every fit is cached by its folds, so a seed already run (or the default seed, after
-``bench/quality.py``) costs only its subset blends.
+``bench/quality.py``) costs only its subset blends. Other draws' runs are named apart
+(``quality-candidates-<file>-fs43``), so the default draw's run folders, which
+``bench/meta_offset.py`` and ``bench/cohort_probe.py`` read, stay the quality table's.
 
     python bench/fold_seeds.py                       # seeds 42 (the default), 43, 44
     python bench/fold_seeds.py --seeds 42 43 44 45

@@ -44,7 +44,7 @@ from bench import peers  # noqa: E402
 from pipeline.blend import (accuracy, log_loss, nested_blend, nested_meta, normalize_proba,  # noqa: E402
                             prior_oof)
 from pipeline.catalog import Catalog, read_json, write_csv_atomic, write_text_atomic  # noqa: E402
-from pipeline.config import apply_overrides, load_config  # noqa: E402
+from pipeline.config import Config, apply_overrides, load_config  # noqa: E402
 from pipeline.context import RunContext  # noqa: E402
 from pipeline.data import LABEL_COLUMNS  # noqa: E402
 from pipeline.stages import STAGES  # noqa: E402
@@ -163,7 +163,10 @@ def run_file(path: Path, workdir: Path, limit: int | None, base_cfg, seed: int) 
     data_dir = workdir / "bench_data" / (stem + (f"-limit{limit}" if limit else ""))
     train_path, test_path, held = split_file(path, data_dir, limit, seed)
     t0 = time.perf_counter()
-    cand_cfg = apply_overrides(base_cfg, {"name": f"quality-candidates-{data_dir.name}",
+    # Another draw of the folds (bench/fold_seeds.py) runs under its own names, so the
+    # default draw's run folders, which the probes read, are left as they are.
+    draw = "" if base_cfg.stack.fold_seed == Config().stack.fold_seed else f"-fs{base_cfg.stack.fold_seed}"
+    cand_cfg = apply_overrides(base_cfg, {"name": f"quality-candidates-{data_dir.name}{draw}",
                                           "stack": {"members": CANDIDATES, "use_finetune": False}})
     ctx = _ctx(cand_cfg, workdir, train_path, test_path)
     for name in ("embed", "features", "stack"):
@@ -176,7 +179,7 @@ def run_file(path: Path, workdir: Path, limit: int | None, base_cfg, seed: int) 
     members = {n: oof[[f"{n}_a", f"{n}_b", f"{n}_tie"]].to_numpy() for n in CANDIDATES}
 
     t0 = time.perf_counter()
-    def_cfg = apply_overrides(base_cfg, {"name": f"quality-default-{data_dir.name}",
+    def_cfg = apply_overrides(base_cfg, {"name": f"quality-default-{data_dir.name}{draw}",
                                          "stack": {"use_finetune": False}})
     dctx = _ctx(def_cfg, workdir, train_path, test_path)
     STAGES["stack"].load()(dctx)

@@ -50,8 +50,9 @@ def mutate(text: str, edit) -> str:
     return ",".join(cols) + "\n" + rest
 
 
-NAMES = re.compile(r"(\.csv|row|column|line|stack\.|embed\.|features\.|finetune\.|name|"
-                   r"--|file|prompt|field|NUL|id)", re.I)
+# A message names a file, row, column or line, or a config key (every section of RULES).
+SECTIONS = "|".join(sorted({re.escape(k.split(".")[0] + ".") for k in RULES}))
+NAMES = re.compile(rf"(\.csv|row|column|line|{SECTIONS}|name|--|file|prompt|field|NUL|id)", re.I)
 
 
 @pytest.fixture(scope="module")
