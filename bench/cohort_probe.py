@@ -31,6 +31,7 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.blend_probe import combiner_table  # noqa: E402
 from bench.lgbm_sweep import FILES  # noqa: E402
 from bench.quality import _ctx  # noqa: E402
 from pipeline.blend import log_loss, nested_meta, normalize_proba  # noqa: E402
@@ -132,7 +133,7 @@ def run_file(stem: str, workdir: Path) -> dict:
             y, nested_meta(probas + [nb], y, folds, cfg.stack.meta_C))
     for lam, mix in SMOOTHING:
         out[f"Bradley-Terry smoothing, lam {lam}, mix {mix}"] = log_loss(y, bt_smooth(P, train, lam, mix))
-    return out
+    return {"file": stem, "rows": out}
 
 
 def main(argv=None) -> int:
@@ -145,16 +146,12 @@ def main(argv=None) -> int:
     stems = [s for s in FILES if (args.workdir / "runs" / f"quality-default-{s}" / "oof.parquet").is_file()]
     if not stems:
         raise SystemExit(f"no quality runs in {args.workdir}: run bench/quality.py first")
-    rows = {s: run_file(s, args.workdir) for s in stems}
-    labels = list(next(iter(rows.values())))
-    lines = ["# A prompt's other responses: neighbour win rate and Bradley-Terry smoothing", "",
-             f"Written {time.strftime('%Y-%m-%d %H:%M')} by `python bench/cohort_probe.py` from "
-             "bench/quality.py's OOF (default members, its folds). Load average at start "
-             f"{load}. OOF log loss; every probe nested or label-free.", "",
-             "| probe | " + " | ".join(stems) + " | mean |", "|---|" + "---|" * (len(stems) + 1)]
-    for label in labels:
-        vals = [rows[s][label] for s in stems]
-        lines.append(f"| {label} | " + " | ".join(f"{v:.4f}" for v in vals) + f" | {np.mean(vals):.4f} |")
+    lines = combiner_table(
+        "# A prompt's other responses: neighbour win rate and Bradley-Terry smoothing",
+        f"Written {time.strftime('%Y-%m-%d %H:%M')} by `python bench/cohort_probe.py` from "
+        "bench/quality.py's OOF (default members, its folds). Load average at start "
+        f"{load}. OOF log loss; every probe nested or label-free.",
+        [run_file(s, args.workdir) for s in stems])
     text = "\n".join(lines) + "\n"
     print(text)
     write_text_atomic(args.out, text)
