@@ -186,7 +186,7 @@ class EmbeddingFullView:
                     self.names += [f"{tag}__{block}_{i}" for i in range(d)]
                 blocks.append(np.asarray(x, dtype=np.float32))
                 blocks_sw.append(np.asarray(x_sw, dtype=np.float32))
-        return np.hstack(blocks).astype(np.float32), np.hstack(blocks_sw).astype(np.float32)
+        return np.hstack(blocks), np.hstack(blocks_sw)  # float32: every block is
 
     def content_hash(self, prep) -> str:
         return array_hash(prep[0])
