@@ -11,6 +11,7 @@ import pandas as pd
 
 from features.turns import CLASS_NAMES
 from pipeline.catalog import atomic_path, read_json, write_text_atomic
+from pipeline.learners.base import importance_label
 
 log = logging.getLogger(__name__)
 CLASSES = CLASS_NAMES
@@ -118,8 +119,7 @@ def _plots(run_dir: Path, metrics: dict, y: np.ndarray, proba: np.ndarray,
             fig, ax = plt.subplots(figsize=(7, 0.28 * len(top) + 1.2))
             ax.barh(range(len(top)), top.to_numpy())
             ax.set_yticks(range(len(top)), top.index, fontsize=8)
-            ax.set_xlabel("total gain (all folds and seeds)" if kind == "lgbm"
-                          else "mean |coefficient| on scaled features (summed over models)")
+            ax.set_xlabel(importance_label(kind))
             ax.set_title(f"Top feature importances: {name}")
             _savefig(fig, run_dir / "importance.png")
             plt.close(fig)

@@ -24,6 +24,7 @@ N_CLASSES = 3
 REGISTRY: dict[str, str] = {
     "lgbm": "pipeline.learners.lgbm:LGBMLearner",
     "linear": "pipeline.learners.linear:LinearLearner",
+    "xgboost": "pipeline.learners.xgb:XGBLearner",
 }
 
 
@@ -74,6 +75,7 @@ class Learner(Protocol):
     #   predict_pairs(X, X_swapped) -> [n, 3]: the prediction from both orders.
     # Optional: threads() -> int, the CPUs one fit keeps busy (an executor asks a
     # machine for that many; 1 when absent).
+    # Optional: importance_label (class attribute), what importance() measures (plots).
 
     def config(self) -> dict:
         """Every param the learner fits with, defaults resolved (JSON values): cache keys
@@ -95,6 +97,14 @@ def learner_class(kind: str):
         raise ValueError(f"unknown learner kind {kind!r}; known kinds: {sorted(REGISTRY)}")
     module, name = REGISTRY[kind].split(":")
     return getattr(importlib.import_module(module), name)
+
+
+def importance_label(kind: str) -> str:
+    """What a learner's importances measure (its class's ``importance_label``)."""
+    try:
+        return getattr(learner_class(kind), "importance_label", "importance")
+    except (ValueError, ImportError):
+        return "importance"
 
 
 def make_learner(kind: str, params: dict | None = None):

@@ -150,6 +150,7 @@ class LGBMLearner:
     VERSION = 1  # bump when a change of code changes fitted models
     accepts_sparse = True
     suffix = ".txt"
+    importance_label = "total gain (all folds and seeds)"
 
     def __init__(self, params: dict):
         control = {**CONTROL, **{k: params[k] for k in CONTROL if k in params}}

@@ -288,6 +288,7 @@ class LinearLearner:
     uses_inner_split = False
     accepts_sparse = True
     suffix = ".pkl"
+    importance_label = "mean |coefficient| on scaled features (summed over models)"
 
     def __init__(self, params: dict):
         unknown = set(params) - set(DEFAULTS)

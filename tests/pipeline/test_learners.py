@@ -9,7 +9,9 @@ from pipeline.learners.base import REGISTRY, digest, load_learner, make_learner
 
 PARAMS = {"lgbm": {"num_leaves": 4, "min_data_in_leaf": 3, "learning_rate": 0.3,
                    "num_boost_round": 20, "num_threads": 1},
-          "linear": {"Cs": [0.1, 1.0]}}
+          "linear": {"Cs": [0.1, 1.0]},
+          "xgboost": {"max_depth": 2, "min_child_weight": 1, "eta": 0.3,
+                      "num_boost_round": 20, "nthread": 1}}
 
 
 def data(n=90, d=6, seed=0, classes=(0, 1, 2)):

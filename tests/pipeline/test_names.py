@@ -78,6 +78,8 @@ def test_a_file_stem_that_is_not_a_safe_name_says_how_to_fix_it(tmp_path):
      "stack.members.m: 'learning_rat' is not a LightGBM parameter; did you mean 'learning_rate'"),
     ({"members": {"m": {"kind": "linear", "inputs": ["length"], "params": {"CC": 1.0}}}},
      "stack.members.m: linear learner: unknown param"),
+    ({"members": {"m": {"kind": "xgboost", "inputs": ["length"], "params": {"max_dpth": 3}}}},
+     "stack.members.m: unknown XGBoost parameter\\(s\\) \"max_dpth\""),
     ({"members": {"m": {"kind": "forest", "inputs": ["length"]}}}, "unknown learner kind"),
     ({"members": {}}, "stack.members is empty"),
 ])

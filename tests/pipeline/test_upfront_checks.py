@@ -34,6 +34,8 @@ def test_values_outside_their_range_name_the_key_and_the_range(override, key):
     ({"lgbm_params": {"num_leaves": -5}}, r"stack\.lgbm_params: LightGBM refuses .*num_leaves"),
     ({"members": {"m": {"kind": "lgbm", "inputs": ["length"], "params": {"learning_rate": -1}}}},
      r"stack\.members\.m: LightGBM refuses .*learning_rate"),
+    ({"members": {"m": {"kind": "xgboost", "inputs": ["length"], "params": {"max_depth": -3}}}},
+     r"stack\.members\.m: XGBoost refuses these parameters: value -3 for Parameter max_depth"),
     ({"members": {"m": ["embedding"]}},
      r"stack\.members\.m: unknown feature group\(s\) \['embedding'\]; this config computes "
      r"\['emb-all-minilm-l6-v2'"),

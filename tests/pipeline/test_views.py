@@ -177,6 +177,7 @@ ALL_KINDS = {
     "gbm_emb": {"kind": "lgbm", "inputs": ["embedding-full"]},
     "lin_emb": {"kind": "linear", "inputs": ["embedding-full", "structure"]},
     "lin_emb_diff": {"kind": "linear", "inputs": [{"embedding-full": {"blocks": ["diff", "absdiff", "cos"]}}]},
+    "xgb_tfidf": {"kind": "xgboost", "inputs": ["tfidf", "length"], "params": {"num_boost_round": 40}},
 }
 
 
@@ -202,7 +203,7 @@ def test_predict_round_trip_for_a_run_holding_every_kind(tmp_path, fakes, blend)
     ctx = _ctx(tmp_path, stack={"members": ALL_KINDS, "tfidf": SMALL_TFIDF, "blend": blend})
     S.run_stage(ctx)
     manifest = json.loads((ctx.run_dir / "models" / "manifest.json").read_text())
-    assert {m["kind"] for m in manifest["members"].values()} == {"lgbm", "linear"}
+    assert {m["kind"] for m in manifest["members"].values()} == {"lgbm", "linear", "xgboost"}
     assert manifest["blend"] == blend
     out = tmp_path / "preds.csv"
     predict.run_stage(_ctx(tmp_path, name="other", run_name="t", out_path=out))

@@ -1,0 +1,187 @@
+"""XGBoost multiclass behind the learner protocol (kind ``xgboost``; optional: ``pip install
+prefstack[xgboost]``, which is in the dev install).
+
+Params are XGBoost booster parameters merged over DEFAULT_XGB_PARAMS, plus the same round
+control as ``lgbm``: ``num_boost_round`` (upper bound), ``early_stopping`` /
+``early_stopping_rounds`` (stop on the inner split the cross-fitting loop passes in).
+Depth-wise trees on histograms: a GBDT grown differently from LightGBM's leaf-wise one,
+for a stack that wants a second gradient-boosted family (``bench/learner_probe.py``
+measures whether it pays).
+
+Input is dense (``accepts_sparse = False``: XGBoost reads an absent CSR entry as missing,
+not as zero, so a sparse matrix is densified first and means what it means dense).
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipeline.learners.base import N_CLASSES, fit_thread_budget
+
+# Chosen to match the lgbm defaults' capacity (15 leaves ~ depth 4; min_data_in_leaf 40 ~
+# a hessian sum of 5 at multiclass p(1 - p)), not tuned on the benchmark files.
+DEFAULT_XGB_PARAMS = {
+    "objective": "multi:softprob",
+    "num_class": N_CLASSES,
+    "eval_metric": "mlogloss",
+    "tree_method": "hist",
+    "eta": 0.04,
+    "max_depth": 4,
+    "min_child_weight": 5.0,
+    "subsample": 0.8,
+    "colsample_bytree": 0.5,
+    "lambda": 5.0,
+    "max_bin": 256,
+    "verbosity": 1,
+}
+_FIXED_PARAMS = {"objective": "multi:softprob", "num_class": N_CLASSES}
+CONTROL = {"num_boost_round": 1000, "early_stopping": True, "early_stopping_rounds": 50}
+# As for LightGBM: below this many rows one thread is faster than several.
+MIN_ROWS_PER_THREADED_FIT = 10_000
+
+
+def _xgb():
+    try:
+        import xgboost
+    except ImportError:
+        raise ValueError("learner kind 'xgboost' needs the xgboost package: "
+                         "pip install 'prefstack[xgboost]' (or xgboost-cpu)") from None
+    return xgboost
+
+
+def xgb_params(overrides: dict, seed: int, n_rows: int | None = None) -> dict:
+    """DEFAULT_XGB_PARAMS with ``overrides`` merged in, the seed and the thread count (the
+    ``fit_threads`` count in force, else os.cpu_count(); 1 below MIN_ROWS_PER_THREADED_FIT
+    rows). ValueError if an override changes the objective or the class count."""
+    for key, value in _FIXED_PARAMS.items():
+        if key in overrides and overrides[key] != value:
+            raise ValueError(f"xgboost param {key} must stay {value!r} (3-class softmax)")
+    params = {**DEFAULT_XGB_PARAMS, **{k: v for k, v in overrides.items() if k not in CONTROL}}
+    small = n_rows is not None and n_rows < MIN_ROWS_PER_THREADED_FIT
+    params.setdefault("nthread", 1 if small else (fit_thread_budget() or os.cpu_count() or 1))
+    params["seed"] = int(seed)
+    return params
+
+
+def check_params(overrides: dict) -> None:
+    """ValueError when XGBoost does not know a param name (it would only warn and ignore it)
+    or refuses a value: one boosting round on 30 random rows, a few milliseconds."""
+    xgb = _xgb()
+    rng = np.random.default_rng(0)
+    params = {**xgb_params(overrides, 0), "nthread": 1}
+    data = xgb.DMatrix(rng.random((30, 3)), label=np.arange(30) % N_CLASSES)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            xgb.train(params, data, num_boost_round=1)
+        except xgb.core.XGBoostError as exc:
+            reason = str(exc).split("\n")[0].split(": ", 1)[-1]
+            raise ValueError(f"XGBoost refuses these parameters: {reason}") from None
+    unused = [str(w.message) for w in caught if "are not used" in str(w.message)]
+    if unused:
+        names = unused[0].split("{", 1)[-1].split("}", 1)[0].strip()
+        raise ValueError(f"unknown XGBoost parameter(s) {names} (XGBoost would ignore them "
+                         "silently)")
+
+
+def _dense(X) -> np.ndarray:
+    """float32 ndarray of X; a sparse matrix's absent entries become zeros (not missing)."""
+    if hasattr(X, "toarray"):
+        X = X.toarray()
+    return np.asarray(X, dtype=np.float32)
+
+
+class XGBLearner:
+    """XGBoost multiclass with early stopping on the inner split it is given."""
+
+    kind = "xgboost"
+    VERSION = 1  # bump when a change of code changes fitted models
+    accepts_sparse = False
+    suffix = ".ubj"
+    importance_label = "total gain (all folds and seeds)"
+
+    def __init__(self, params: dict):
+        control = {**CONTROL, **{k: params[k] for k in CONTROL if k in params}}
+        self.num_boost_round = int(control["num_boost_round"])
+        self.early_stopping = bool(control["early_stopping"])
+        self.early_stopping_rounds = int(control["early_stopping_rounds"])
+        self.overrides = {k: v for k, v in params.items() if k not in CONTROL}
+        xgb_params(self.overrides, 0)  # a forbidden override fails now
+        if self.overrides:
+            check_params(self.overrides)
+        self.booster = None
+        self.best_iteration = 0
+        self.inner_score: float | None = None
+
+    def config(self) -> dict:
+        """Every param this learner fits with (defaults resolved, threads left out)."""
+        return {**xgb_params(self.overrides, 0), "nthread": None,
+                "num_boost_round": self.num_boost_round, "early_stopping": self.early_stopping,
+                "early_stopping_rounds": self.early_stopping_rounds, "version": self.VERSION}
+
+    @property
+    def uses_inner_split(self) -> bool:
+        return self.early_stopping
+
+    def threads(self) -> int:
+        """CPUs one fit keeps busy (what an executor asks a machine for)."""
+        return int(self.overrides.get("nthread") or os.cpu_count() or 1)
+
+    def fit(self, X, y, groups, seed, X_valid=None, y_valid=None, feature_names=None):
+        """Boost on X; with X_valid, stop once it has not improved for early_stopping_rounds
+        rounds and keep the best round."""
+        xgb = _xgb()
+        params = xgb_params(self.overrides, seed, n_rows=X.shape[0])
+        # Columns stay f0, f1, ... (XGBoost refuses some characters in names); importance()
+        # maps them back.
+        train = xgb.DMatrix(_dense(X), label=y)
+        kwargs: dict[str, Any] = {}
+        if X_valid is not None:
+            valid = xgb.DMatrix(_dense(X_valid), label=y_valid)
+            kwargs = {"evals": [(valid, "inner")],
+                      "early_stopping_rounds": self.early_stopping_rounds, "verbose_eval": False}
+        booster = xgb.train(params, train, num_boost_round=self.num_boost_round, **kwargs)
+        if X_valid is not None:
+            self.best_iteration = int(booster.best_iteration)
+            self.inner_score = float(booster.best_score)
+            booster = booster[: self.best_iteration + 1]  # keep the best rounds only
+        else:
+            self.best_iteration = self.num_boost_round - 1
+        self.booster = booster
+        return self
+
+    def predict_proba(self, X) -> np.ndarray:
+        xgb = _xgb()
+        p = self.booster.predict(xgb.DMatrix(_dense(X)))
+        p = np.asarray(p, dtype=np.float64).reshape(-1, N_CLASSES)
+        return p / p.sum(axis=1, keepdims=True)
+
+    def to_bytes(self) -> bytes:
+        return bytes(self.booster.save_raw(raw_format="ubj"))
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "XGBLearner":
+        xgb = _xgb()
+        out = cls({})
+        out.booster = xgb.Booster()
+        out.booster.load_model(bytearray(data))
+        out.best_iteration = out.booster.num_boosted_rounds() - 1
+        return out
+
+    def importance(self, feature_names: list[str]) -> pd.Series:
+        """Total gain per feature (0 for features no tree splits on)."""
+        score = self.booster.get_score(importance_type="total_gain")
+        gain = np.zeros(len(feature_names))
+        for key, value in score.items():
+            gain[int(key[1:])] = float(value)
+        return pd.Series(gain, index=feature_names, dtype=np.float64)
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"best_iteration": self.best_iteration + 1}
+        if self.inner_score is not None:
+            out["inner_score"] = self.inner_score
+        return out
