@@ -192,6 +192,9 @@ def sweep_main(argv, description: str, run_file, table, results: Path) -> int:
         rows.append(run_file(path, args.workdir, args.seed, args.fold_seed))
         print(stem, json.dumps({v: [round(c["member"], 4), round(c["stack"], 4)]
                                 for v, c in rows[-1]["variants"].items()}), flush=True)
+    if not rows:
+        print(f"no shared data file found under {args.data} (--data)", file=sys.stderr)
+        return 2
     text = table(rows, load)
     if args.fold_seed is not None:
         text = text.replace("\n\n", f"\n\nFolds: `stack.fold_seed` {args.fold_seed} (`--fold-seed`).\n\n", 1)

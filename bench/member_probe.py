@@ -59,19 +59,25 @@ VARIANTS = {
 }
 
 
-def run_file(path: Path, workdir: Path, seed: int, fold_seed: int | None = None) -> dict:
-    """Every variant on one file: one sweep per member replaced (or added), merged."""
+def probe_file(path: Path, workdir: Path, seed: int, fold_seed: int | None, variants: dict,
+               run_name: str) -> dict:
+    """Every variant (label -> (default member it replaces or None, name, spec)) on one
+    file: one sweep per member replaced (or added), merged."""
     out = {"file": path.stem, "variants": {}, "seconds": 0.0}
-    for target in dict.fromkeys(t for t, _, _ in VARIANTS.values()):
+    for target in dict.fromkeys(t for t, _, _ in variants.values()):
         others = {n: s for n, s in DEFAULTS.items() if n != target}
-        variants = {label: (name, spec) for label, (t, name, spec) in VARIANTS.items() if t == target}
-        r = sweep_file(path, workdir, seed, "member-probe", others, variants, fold_seed)
+        chosen = {label: (name, spec) for label, (t, name, spec) in variants.items() if t == target}
+        r = sweep_file(path, workdir, seed, run_name, others, chosen, fold_seed)
         out["variants"].update(r["variants"])
         out["seconds"] += r["seconds"]
         if "bar" in r:
             out["bar"] = r["bar"]
-    out["variants"] = {label: out["variants"][label] for label in VARIANTS}
+    out["variants"] = {label: out["variants"][label] for label in variants}
     return out
+
+
+def run_file(path: Path, workdir: Path, seed: int, fold_seed: int | None = None) -> dict:
+    return probe_file(path, workdir, seed, fold_seed, VARIANTS, "member-probe")
 
 
 def table(rows: list[dict], load: str) -> str:
@@ -85,10 +91,14 @@ def table(rows: list[dict], load: str) -> str:
         "four for a '+' row (nested level-2 blend).",
         "",
     ]
-    first = next(iter(VARIANTS))
-    lines += variant_lines(rows, list(VARIANTS), "variant", lambda label: label + (
-        "" if label == first or VARIANTS[label][0] is None else f" (for {VARIANTS[label][0]})"))
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + probe_lines(rows, VARIANTS)) + "\n"
+
+
+def probe_lines(rows: list[dict], variants: dict) -> list[str]:
+    """The variant table; a row replacing a member says which."""
+    first = next(iter(variants))
+    return variant_lines(rows, list(variants), "variant", lambda label: label + (
+        "" if label == first or variants[label][0] is None else f" (for {variants[label][0]})"))
 
 
 def main(argv=None) -> int:
