@@ -10,17 +10,14 @@ benchmark"; this is that benchmark. Same split, folds and table as
 """
 from __future__ import annotations
 
-import os
-import platform
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from bench.lgbm_sweep import sweep_main  # noqa: E402
-from bench.member_probe import DEFAULTS, probe_file, probe_lines  # noqa: E402
+from bench.member_probe import DEFAULTS, probe_file, probe_table  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "learner_probe.md"
 TFIDF_INPUTS = DEFAULTS["lgbm_tfidf"]["inputs"]
@@ -45,17 +42,8 @@ def run_file(path: Path, workdir: Path, seed: int, fold_seed: int | None = None)
 
 
 def table(rows: list[dict], load: str) -> str:
-    lines = [
-        "# Another GBDT family (XGBoost) for the stack, on every shared file",
-        "",
-        f"Written {time.strftime('%Y-%m-%d %H:%M')} by `python bench/learner_probe.py`. Machine: "
-        f"{platform.machine()}, {os.cpu_count()} CPU cores, load average at start {load}. "
-        "OOF log loss, prompt-grouped 5 folds (bench/quality.py's split). Each cell: the "
-        "variant alone / the default stack with it in the named member's place, or beside all "
-        "four for a '+' row (nested level-2 blend).",
-        "",
-    ]
-    return "\n".join(lines + probe_lines(rows, VARIANTS)) + "\n"
+    return probe_table("Another GBDT family (XGBoost) for the stack", "learner_probe.py", rows,
+                       load, VARIANTS)
 
 
 def main(argv=None) -> int:

@@ -81,24 +81,26 @@ def run_file(path: Path, workdir: Path, seed: int, fold_seed: int | None = None)
 
 
 def table(rows: list[dict], load: str) -> str:
+    return probe_table("Other views for the default members", "member_probe.py", rows, load, VARIANTS)
+
+
+def probe_table(title: str, script: str, rows: list[dict], load: str, variants: dict) -> str:
+    """The markdown of a probe (this script, bench/learner_probe.py): a header, then per
+    variant each file's member / stack OOF; a row replacing a member says which."""
     lines = [
-        "# Other views for the default members, on every shared file",
+        f"# {title}, on every shared file",
         "",
-        f"Written {time.strftime('%Y-%m-%d %H:%M')} by `python bench/member_probe.py`. Machine: "
+        f"Written {time.strftime('%Y-%m-%d %H:%M')} by `python bench/{script}`. Machine: "
         f"{platform.machine()}, {os.cpu_count()} CPU cores, load average at start {load}. "
         "OOF log loss, prompt-grouped 5 folds (bench/quality.py's split). Each cell: the "
         "variant alone / the default stack with it in the named member's place, or beside all "
         "four for a '+' row (nested level-2 blend).",
         "",
     ]
-    return "\n".join(lines + probe_lines(rows, VARIANTS)) + "\n"
-
-
-def probe_lines(rows: list[dict], variants: dict) -> list[str]:
-    """The variant table; a row replacing a member says which."""
     first = next(iter(variants))
-    return variant_lines(rows, list(variants), "variant", lambda label: label + (
+    lines += variant_lines(rows, list(variants), "variant", lambda label: label + (
         "" if label == first or variants[label][0] is None else f" (for {variants[label][0]})"))
+    return "\n".join(lines) + "\n"
 
 
 def main(argv=None) -> int:

@@ -112,6 +112,13 @@ def make_learner(kind: str, params: dict | None = None):
     return learner_class(kind)(dict(params or {}))
 
 
+def split_control(params: dict, defaults: dict) -> tuple[dict, dict]:
+    """A boosting learner's round control (the keys of ``defaults``, each as the type of its
+    default) and the rest of its params (for the library)."""
+    control = {k: type(v)(params.get(k, v)) for k, v in defaults.items()}
+    return control, {k: v for k, v in params.items() if k not in defaults}
+
+
 def digest(data: bytes) -> str:
     """SHA-256 hex of saved model bytes: detects truncated or edited files."""
     return hashlib.sha256(data).hexdigest()

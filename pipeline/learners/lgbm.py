@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.learners.base import N_CLASSES, fit_thread_budget
+from pipeline.learners.base import N_CLASSES, fit_thread_budget, split_control
 
 # Idle OpenMP threads sleep instead of spinning. LightGBM's default (spinning) made one
 # fit 9x slower on a 2-core machine shared with other processes (1159 vs 137 ms per round,
@@ -153,12 +153,10 @@ class LGBMLearner:
     importance_label = "total gain (all folds and seeds)"
 
     def __init__(self, params: dict):
-        control = {**CONTROL, **{k: params[k] for k in CONTROL if k in params}}
-        self.num_boost_round = int(control["num_boost_round"])
-        self.early_stopping = bool(control["early_stopping"])
-        self.early_stopping_rounds = int(control["early_stopping_rounds"])
-        self.refit = bool(control["refit"])
-        self.overrides = {k: v for k, v in params.items() if k not in CONTROL}
+        self.control, self.overrides = split_control(params, CONTROL)
+        self.num_boost_round = self.control["num_boost_round"]
+        self.early_stopping_rounds = self.control["early_stopping_rounds"]
+        self.refit = self.control["refit"]
         check_parameter_names(self.overrides)  # fail now on a misspelt name ...
         lgbm_params(self.overrides, 0)  # ... or a forbidden override
         self.booster = None
@@ -167,14 +165,12 @@ class LGBMLearner:
 
     def config(self) -> dict:
         """Every param this learner fits with (defaults resolved, threads left out)."""
-        return {**lgbm_params(self.overrides, 0), "num_threads": None,
-                "num_boost_round": self.num_boost_round, "early_stopping": self.early_stopping,
-                "early_stopping_rounds": self.early_stopping_rounds, "refit": self.refit,
+        return {**lgbm_params(self.overrides, 0), "num_threads": None, **self.control,
                 "version": self.VERSION}
 
     @property
     def uses_inner_split(self) -> bool:
-        return self.early_stopping
+        return self.control["early_stopping"]
 
     def threads(self) -> int:
         """CPUs one fit keeps busy (what an executor asks a machine for)."""

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.learners.base import N_CLASSES, fit_thread_budget
+from pipeline.learners.base import N_CLASSES, fit_thread_budget, split_control
 
 # Chosen to match the lgbm defaults' capacity (15 leaves ~ depth 4; min_data_in_leaf 40 ~
 # a hessian sum of 5 at multiclass p(1 - p)), not tuned on the benchmark files.
@@ -105,11 +105,7 @@ class XGBLearner:
     importance_label = "total gain (all folds and seeds)"
 
     def __init__(self, params: dict):
-        control = {**CONTROL, **{k: params[k] for k in CONTROL if k in params}}
-        self.num_boost_round = int(control["num_boost_round"])
-        self.early_stopping = bool(control["early_stopping"])
-        self.early_stopping_rounds = int(control["early_stopping_rounds"])
-        self.overrides = {k: v for k, v in params.items() if k not in CONTROL}
+        self.control, self.overrides = split_control(params, CONTROL)
         xgb_params(self.overrides, 0)  # a forbidden override fails now
         if self.overrides:
             check_params(self.overrides)
@@ -119,13 +115,12 @@ class XGBLearner:
 
     def config(self) -> dict:
         """Every param this learner fits with (defaults resolved, threads left out)."""
-        return {**xgb_params(self.overrides, 0), "nthread": None,
-                "num_boost_round": self.num_boost_round, "early_stopping": self.early_stopping,
-                "early_stopping_rounds": self.early_stopping_rounds, "version": self.VERSION}
+        return {**xgb_params(self.overrides, 0), "nthread": None, **self.control,
+                "version": self.VERSION}
 
     @property
     def uses_inner_split(self) -> bool:
-        return self.early_stopping
+        return self.control["early_stopping"]
 
     def threads(self) -> int:
         """CPUs one fit keeps busy (what an executor asks a machine for)."""
@@ -143,14 +138,14 @@ class XGBLearner:
         if X_valid is not None:
             valid = xgb.DMatrix(_dense(X_valid), label=y_valid)
             kwargs = {"evals": [(valid, "inner")],
-                      "early_stopping_rounds": self.early_stopping_rounds, "verbose_eval": False}
-        booster = xgb.train(params, train, num_boost_round=self.num_boost_round, **kwargs)
+                      "early_stopping_rounds": self.control["early_stopping_rounds"], "verbose_eval": False}
+        booster = xgb.train(params, train, num_boost_round=self.control["num_boost_round"], **kwargs)
         if X_valid is not None:
             self.best_iteration = int(booster.best_iteration)
             self.inner_score = float(booster.best_score)
             booster = booster[: self.best_iteration + 1]  # keep the best rounds only
         else:
-            self.best_iteration = self.num_boost_round - 1
+            self.best_iteration = self.control["num_boost_round"] - 1
         self.booster = booster
         return self
 
