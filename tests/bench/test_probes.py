@@ -1,5 +1,5 @@
-"""bench/fold_seeds.py's verdicts and rankings, and bench/cohort_probe.py's two probes, on
-small made-up inputs where the answer is known."""
+"""bench/fold_seeds.py's verdicts and rankings, bench/cohort_probe.py's two probes and
+bench/label_noise.py's vote statistics, on small made-up inputs where the answer is known."""
 from __future__ import annotations
 
 import numpy as np
@@ -103,3 +103,27 @@ def test_bar_of_is_the_lower_peer_minus_the_margin():
     good, bad = np.eye(3)[y] * 0.7 + 0.1, np.full((4, 3), 1 / 3)
     peer_p = {"length_lr": bad, "tfidf_lgbm": good, "emb_lr": bad, "peer_average": (good + bad) / 2}
     assert quality.bar_of(peer_p, y) == pytest.approx(-np.log(0.8) - quality.MARGIN)
+
+
+def test_label_noise_vote_statistics():
+    """Two pairs with three votes each (a a b; tie tie tie) and one pair judged once."""
+    from bench import label_noise
+
+    def row(p, a, b, label):
+        return {"prompt": p, "response_a": a, "response_b": b,
+                **{c: int(i == label) for i, c in enumerate(label_noise.LABELS)}}
+
+    frame = pd.DataFrame([row("p1", "x", "y", 0), row("p1", "x", "y", 0), row("p1", "x", "y", 1),
+                          row("p2", "u", "v", 2), row("p2", "u", "v", 2), row("p2", "u", "v", 2),
+                          row("p3", "x", "y", 1)])
+    s = label_noise.vote_stats(frame)
+    assert (s["pairs"], s["pairs_judged_more_than_once"], s["votes_per_pair"]) == (3, 2, 3.0)
+    assert s["unanimous"] == 0.5
+    # Pair 1: one agreeing pair of votes out of three; pair 2: all three agree.
+    assert s["agree"] == pytest.approx((1 / 3 + 1) / 2) and s["bound"] == pytest.approx(-np.log(2 / 3))
+    # A vote from the others with alpha 1 and prior (2, 2, 3)/7: e.g. the first vote of pair
+    # 1 sees one a and one b: p(a) = (1 + 2/7) / 3; its b vote sees two a: p(b) = (2/7) / 3.
+    prior = np.array([2, 2, 3]) / 7
+    p = [(1 + prior[0]) / 3, (1 + prior[0]) / 3, prior[1] / 3] + [(2 + prior[2]) / 3] * 3
+    assert s["loo"][1.0] == pytest.approx(-np.mean(np.log(p)))
+    assert label_noise.vote_stats(frame.iloc[[0, 3, 6]]) is None
