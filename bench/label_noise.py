@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +58,8 @@ def main(argv=None) -> int:
     if not files:
         print(f"no CSV file under {args.data} (--data)", file=sys.stderr)
         return 2
+    print(f"# Label noise of the shared files\n\nWritten {time.strftime('%Y-%m-%d %H:%M')} by "
+          "`python bench/label_noise.py` (labels only: no model, deterministic).\n")
     print("| file | rows | pairs judged more than once | votes per pair | unanimous pairs | "
           "P(two votes agree) | bound -log P | one vote from the pair's others (alpha 1 / 2 / 4 / 8) "
           "| class prior |")
