@@ -125,10 +125,11 @@ class StackConfig:
     # LightGBM parameters merged over the defaults in pipeline.stack.
     lgbm_params: dict = field(default_factory=dict)
     # Members: name -> {kind, inputs, params, seeds}. kind: a learner of pipeline.learners
-    # ("lgbm", "linear"); inputs: feature groups ("length", ..., "all") and/or views
-    # ("tfidf", "embedding-full", or {tfidf: {fit: all, ...}}); params: the learner's own
-    # (for lgbm, merged over lgbm_params); seeds (optional): this member's own seeds
-    # instead of stack.seeds (LightGBM differs by seed; the linear learner barely does).
+    # ("lgbm", "linear", "xgboost" with its extra); inputs: feature groups ("length", ...,
+    # "all") and/or views ("tfidf", "embedding-full", or {tfidf: {fit: all, ...}});
+    # params: the learner's own (for lgbm, merged over lgbm_params); seeds (optional):
+    # this member's own seeds instead of stack.seeds (LightGBM differs by seed; the
+    # linear learner barely does).
     # A bare list of groups is an lgbm member.
     # Default: the set (and blend) best across the five shared benchmark files, chosen from
     # every subset of six candidates (bench/quality.py; README "Quality") among the sets
