@@ -89,10 +89,14 @@ def check_params(overrides: dict) -> None:
 
 
 def _dense(X) -> np.ndarray:
-    """float32 ndarray of X; a sparse matrix's absent entries become zeros (not missing)."""
+    """float32 ndarray of X; a sparse matrix's absent entries become zeros (not missing), and
+    +-inf becomes missing (XGBoost refuses inf, where LightGBM reads it as a large value)."""
     if hasattr(X, "toarray"):
         X = X.toarray()
-    return np.asarray(X, dtype=np.float32)
+    X = np.asarray(X, dtype=np.float32)
+    if np.isinf(X).any():
+        X = np.where(np.isinf(X), np.float32(np.nan), X)
+    return X
 
 
 class XGBLearner:

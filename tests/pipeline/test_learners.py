@@ -82,6 +82,16 @@ def test_sparse_input_equals_dense_input(kind):
         assert np.allclose(dense.predict_proba(X), sparse.predict_proba(sp.csr_matrix(X)), atol=1e-9)
 
 
+@pytest.mark.parametrize("kind", sorted(set(REGISTRY) - {"linear"}))
+def test_tree_learners_take_missing_and_infinite_values(kind):
+    """NaN and +-inf cells (the project's feature groups are made finite; a tree learner
+    reads them as missing or extreme) neither stop a fit nor reach the probabilities."""
+    X, y, g = data()
+    X[3, 0], X[5, 1], X[7, 2] = np.nan, np.inf, -np.inf
+    p = fitted(kind, X, y, g).predict_proba(X)
+    assert np.isfinite(p).all() and np.allclose(p.sum(axis=1), 1)
+
+
 def test_unknown_kind_and_params_are_errors():
     with pytest.raises(ValueError, match="unknown learner kind 'xgb'"):
         make_learner("xgb")
