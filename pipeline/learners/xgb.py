@@ -110,7 +110,8 @@ class XGBLearner:
 
     def __init__(self, params: dict):
         self.control, self.overrides = split_control(params, CONTROL)
-        xgb_params(self.overrides, 0)  # a forbidden override fails now
+        xgb_params(self.overrides, 0)  # a forbidden override fails now ...
+        _xgb()  # ... and a missing package (the run's checks make every learner first)
         if self.overrides:
             check_params(self.overrides)
         self.booster = None

@@ -78,3 +78,15 @@ def test_a_bad_lightgbm_value_in_a_config_file_exits_2_before_embed(tmp_path, ca
     assert main(["--config", str(config), *args]) == 2
     assert "num_leaves" in caplog.text and "Traceback" not in caplog.text
     assert not (tmp_path / "work" / "cache" / "embed").exists()
+
+
+def test_a_missing_xgboost_package_stops_the_run_up_front(monkeypatch):
+    import sys
+
+    from pipeline.stack import check_config
+
+    monkeypatch.setitem(sys.modules, "xgboost", None)  # import xgboost raises ImportError
+    stack = {"members": {"m": {"kind": "xgboost", "inputs": ["length"]}}}
+    with pytest.raises(ConfigError, match=r"stack\.members\.m: learner kind 'xgboost' needs "
+                                          r"the xgboost package: pip install 'prefstack\[xgboost\]'"):
+        check_config(apply_overrides(Config(), {"stack": stack}))
