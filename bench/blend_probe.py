@@ -168,26 +168,44 @@ def combiner_table(title: str, intro: str, results: list[dict]) -> list[str]:
     return lines
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def oof_probe_main(argv, description: str, results: Path, table) -> int:
+    """The command line of a probe on cached OOF predictions (this script,
+    bench/cohort_probe.py, bench/meta_offset.py): ``--workdir`` and ``--out``, then
+    ``table(workdir, load)`` -> markdown lines, or None when none of the runs it reads is
+    there (a message and exit 2); the lines are written to ``--out`` and printed."""
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("--workdir", type=Path,
                    default=Path(os.environ.get("PREFSTACK_BENCH_DIR", "/tmp/prefstack-bench")))
-    p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--out", type=Path, default=results)
     args = p.parse_args(argv)
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    results = [run_file(stem, args.workdir) for stem in FILES
-               if (args.workdir / "runs" / f"lgbm-sweep-{stem}" / "oof.parquet").is_file()]
-    lines = combiner_table(
+    lines = table(args.workdir, load)
+    if lines is None:
+        print(f"none of the runs this probe reads is in {args.workdir}/runs: run the script its "
+              "docstring names first", file=sys.stderr)
+        return 2
+    text = "\n".join(lines) + "\n"
+    write_text_atomic(args.out, text)
+    print(text)
+    return 0
+
+
+def table(workdir: Path, load: str) -> list[str] | None:
+    results = [run_file(stem, workdir) for stem in FILES
+               if (workdir / "runs" / f"lgbm-sweep-{stem}" / "oof.parquet").is_file()]
+    if not results:
+        return None
+    return combiner_table(
         "# Level-2 alternatives and prompt-cohort features (issue #10, vicuna80)",
         f"Written {time.strftime('%Y-%m-%d %H:%M')} by `python bench/blend_probe.py` from the "
         f"OOF predictions of `bench/lgbm_sweep.py` ({platform.machine()}, {os.cpu_count()} CPU "
         f"cores, load {load}). OOF log loss, prompt-grouped 5 folds; every combiner nested "
         "(fold k combined by one fitted on the other folds). Members: lgbm_tfidf (at the "
         "learning rate named) + linear_tfidf + linear_emb + linear_all.", results)
-    text = "\n".join(lines) + "\n"
-    write_text_atomic(args.out, text)
-    print(text)
-    return 0
+
+
+def main(argv=None) -> int:
+    return oof_probe_main(argv, __doc__.split("\n")[0], RESULTS, table)
 
 
 if __name__ == "__main__":

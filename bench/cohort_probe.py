@@ -19,8 +19,6 @@ that, both scored on ``bench/quality.py``'s folds (run it first):
 """
 from __future__ import annotations
 
-import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -31,11 +29,10 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.blend_probe import combiner_table  # noqa: E402
+from bench.blend_probe import combiner_table, oof_probe_main  # noqa: E402
 from bench.lgbm_sweep import FILES  # noqa: E402
 from bench.quality import _ctx  # noqa: E402
 from pipeline.blend import log_loss, nested_meta, normalize_proba  # noqa: E402
-from pipeline.catalog import write_text_atomic  # noqa: E402
 from pipeline.config import Config, apply_overrides  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "cohort_probe.md"
@@ -136,26 +133,20 @@ def run_file(stem: str, workdir: Path) -> dict:
     return {"file": stem, "rows": out}
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--workdir", type=Path,
-                   default=Path(os.environ.get("PREFSTACK_BENCH_DIR", "/tmp/prefstack-bench")))
-    p.add_argument("--out", type=Path, default=RESULTS)
-    args = p.parse_args(argv)
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
-    stems = [s for s in FILES if (args.workdir / "runs" / f"quality-default-{s}" / "oof.parquet").is_file()]
+def table(workdir: Path, load: str) -> list[str] | None:
+    stems = [s for s in FILES if (workdir / "runs" / f"quality-default-{s}" / "oof.parquet").is_file()]
     if not stems:
-        raise SystemExit(f"no quality runs in {args.workdir}: run bench/quality.py first")
-    lines = combiner_table(
+        return None
+    return combiner_table(
         "# A prompt's other responses: neighbour win rate and Bradley-Terry smoothing",
         f"Written {time.strftime('%Y-%m-%d %H:%M')} by `python bench/cohort_probe.py` from "
         "bench/quality.py's OOF (default members, its folds). Load average at start "
         f"{load}. OOF log loss; every probe nested or label-free.",
-        [run_file(s, args.workdir) for s in stems])
-    text = "\n".join(lines) + "\n"
-    print(text)
-    write_text_atomic(args.out, text)
-    return 0
+        [run_file(s, workdir) for s in stems])
+
+
+def main(argv=None) -> int:
+    return oof_probe_main(argv, __doc__.split("\n")[0], RESULTS, table)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,6 @@ is slightly optimistic; this is a probe, not a default.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import sys
@@ -40,9 +39,8 @@ from scipy.optimize import minimize
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.blend_probe import FILES, _proba, combiner_table  # noqa: E402
+from bench.blend_probe import FILES, _proba, combiner_table, oof_probe_main  # noqa: E402
 from pipeline.blend import SWAP_PERM, fit_meta, log_loss, nested_meta, normalize_proba  # noqa: E402
-from pipeline.catalog import write_text_atomic  # noqa: E402
 from pipeline.config import Config  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "meta_offset.md"
@@ -205,22 +203,18 @@ def run_file(stem: str, workdir: Path, members: list[str], meta_C: float) -> dic
     return {"file": stem, "rows": rows, "picks": picks, "alphas": alphas}
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--workdir", type=Path,
-                   default=Path(os.environ.get("PREFSTACK_BENCH_DIR", "/tmp/prefstack-bench")))
-    p.add_argument("--out", type=Path, default=RESULTS)
-    args = p.parse_args(argv)
+def table(workdir: Path, load: str) -> list[str] | None:
     cfg = Config().stack
     members = list(cfg.members)
-    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
     results = []
     for stem in FILES:
-        if (args.workdir / "runs" / f"quality-candidates-{stem}" / "oof.parquet").is_file():
-            results.append(run_file(stem, args.workdir, members, cfg.meta_C))
+        if (workdir / "runs" / f"quality-candidates-{stem}" / "oof.parquet").is_file():
+            results.append(run_file(stem, workdir, members, cfg.meta_C))
             print(stem, "done", flush=True)
         else:
             print(f"skip {stem}: run bench/quality.py first")
+    if not results:
+        return None
     lines = combiner_table(
         "# Where the level-2 learner shrinks to (issue #10)",
         f"Written {time.strftime('%Y-%m-%d %H:%M')} by `python bench/meta_offset.py` from "
@@ -233,10 +227,11 @@ def main(argv=None) -> int:
         f"{r['file']} {', '.join(map(str, r['picks']))}" for r in results)]
     lines += ["", "Mixing weight a picked per fold by the inner CV: " + "; ".join(
         f"{r['file']} {', '.join(map(str, r['alphas']))}" for r in results)]
-    text = "\n".join(lines) + "\n"
-    write_text_atomic(args.out, text)
-    print(text)
-    return 0
+    return lines
+
+
+def main(argv=None) -> int:
+    return oof_probe_main(argv, __doc__.split("\n")[0], RESULTS, table)
 
 
 if __name__ == "__main__":
