@@ -1,4 +1,5 @@
-"""Two uses of a prompt's other responses, probed on the default stack's OOF predictions.
+"""Two uses of a prompt's other responses, and an oracle of who wrote each response, probed
+on the default stack's OOF predictions.
 
 Vicuna80 rates every pair of 8 models' answers to each of its 80 questions (PandaLM: 4-5
 answers per prompt), so each response occurs in several rows. Two label-free ways to use
@@ -14,6 +15,11 @@ that, both scored on ``bench/quality.py``'s folds (run it first):
    its distinct responses with s_A - s_B ~ log(p_A / p_B) of the stack's OOF rows (ridge
    ``lam``), then log(p_A / p_B) := (1 - mix) * itself + mix * (s_A - s_B), the tie
    probability kept. All rows of a prompt share a fold, so no label is read.
+3. **Model identities, as an oracle** (a member): the file's ``model_a`` / ``model_b``
+   (Kaggle's train.csv has them, its test.csv does not), a swap-augmented logistic
+   regression on [onehot(A) - onehot(B), onehot(A) + onehot(B)] per fold: a ceiling for any
+   member that infers from the text which model wrote a response. Files without model
+   names (one value for all) give the class prior.
 
     python bench/quality.py && python bench/cohort_probe.py
 """
@@ -97,6 +103,32 @@ def bt_smooth(P, train: pd.DataFrame, lam: float, mix: float) -> np.ndarray:
     return Q
 
 
+def identity_member(model_a: np.ndarray, model_b: np.ndarray, folds, y, C: float = 1.0) -> np.ndarray:
+    """OOF probabilities [n, 3] of a logistic regression on who wrote A and B, fitted per
+    fold on the other folds' rows in both orders, predicting both orders averaged."""
+    from sklearn.linear_model import LogisticRegression
+
+    from pipeline.blend import SWAP_PERM
+
+    names = {m: i for i, m in enumerate(sorted(set(model_a) | set(model_b)))}
+    rows = np.arange(len(y))
+    A, B = np.zeros((len(y), len(names))), np.zeros((len(y), len(names)))
+    A[rows, [names[m] for m in model_a]] = 1
+    B[rows, [names[m] for m in model_b]] = 1
+    X, Xs = np.hstack([A - B, A + B]), np.hstack([B - A, A + B])
+    perm = np.asarray(SWAP_PERM)
+    out = np.zeros((len(y), 3))
+    for k in np.unique(folds):
+        fit, held = folds != k, folds == k
+        labels = np.concatenate([y[fit], perm[y[fit]]])
+        lr = LogisticRegression(C=C, max_iter=2000).fit(np.vstack([X[fit], Xs[fit]]), labels)
+        p, ps = np.zeros((held.sum(), 3)), np.zeros((held.sum(), 3))
+        p[:, lr.classes_] = lr.predict_proba(X[held])
+        ps[:, lr.classes_] = lr.predict_proba(Xs[held])
+        out[held] = 0.5 * (p + ps[:, perm])
+    return out
+
+
 def run_file(stem: str, workdir: Path) -> dict:
     from pipeline.embed import embeddings_for
 
@@ -130,6 +162,11 @@ def run_file(stem: str, workdir: Path) -> dict:
             y, nested_meta(probas + [nb], y, folds, cfg.stack.meta_C))
     for lam, mix in SMOOTHING:
         out[f"Bradley-Terry smoothing, lam {lam}, mix {mix}"] = log_loss(y, bt_smooth(P, train, lam, mix))
+    ids = identity_member(ctx.dataset.train["model_a"].astype(str).to_numpy(),
+                          ctx.dataset.train["model_b"].astype(str).to_numpy(), folds, y)
+    out["model identities (oracle, not a test input): the member alone"] = log_loss(y, ids)
+    out["model identities (oracle): default members + it (nested level-2)"] = log_loss(
+        y, nested_meta(probas + [ids], y, folds, cfg.stack.meta_C))
     return {"file": stem, "rows": out}
 
 
@@ -138,7 +175,8 @@ def table(workdir: Path, load: str) -> list[str] | None:
     if not stems:
         return None
     return combiner_table(
-        "# A prompt's other responses: neighbour win rate and Bradley-Terry smoothing",
+        "# A prompt's other responses (neighbour win rate, Bradley-Terry smoothing) and model "
+        "identities (oracle)",
         f"Written {time.strftime('%Y-%m-%d %H:%M')} by `python bench/cohort_probe.py` from "
         "bench/quality.py's OOF (default members, its folds). Load average at start "
         f"{load}. OOF log loss; every probe nested or label-free.",

@@ -127,3 +127,24 @@ def test_label_noise_vote_statistics():
     p = [(1 + prior[0]) / 3, (1 + prior[0]) / 3, prior[1] / 3] + [(2 + prior[2]) / 3] * 3
     assert s["loo"][1.0] == pytest.approx(-np.mean(np.log(p)))
     assert label_noise.vote_stats(frame.iloc[[0, 3, 6]]) is None
+
+
+def test_identity_member_learns_who_wins_from_other_folds_only():
+    """Model 'x' beats 'y' whichever side it is on; a fold's own labels never reach its
+    predictions; with one model name for all rows the member is the prior."""
+    rng = np.random.default_rng(0)
+    n = 200
+    x_on_a = rng.random(n) < 0.5
+    model_a = np.where(x_on_a, "x", "y")
+    model_b = np.where(x_on_a, "y", "x")
+    y = np.where(x_on_a, 0, 1)
+    folds = np.arange(n) % 5
+    p = cohort_probe.identity_member(model_a, model_b, folds, y)
+    assert np.allclose(p.sum(axis=1), 1)
+    assert (p[np.arange(n), y] > 0.8).all()
+    y2 = y.copy()
+    y2[folds == 0] = 2  # other labels in fold 0 change no prediction of fold 0
+    q = cohort_probe.identity_member(model_a, model_b, folds, y2)
+    assert np.allclose(q[folds == 0], p[folds == 0])
+    same = cohort_probe.identity_member(np.full(n, "u"), np.full(n, "u"), folds, y)
+    assert np.allclose(same, same[0]) and np.allclose(same[0][:2], 0.5, atol=1e-6)
