@@ -133,9 +133,10 @@ def _table(rows: list[dict]) -> str:
     for r in rows:
         def f(key, fmt="{:.4f}"):
             return fmt.format(r[key]) if key in r else "-"
-        lines.append(f"| {r['file']} | {r['rows']} | {r['device']} | {r['max_length']} | {r['epochs']:g} "
-                     f"| {f('ft_oof_logloss')} | {f('stack_oof_logloss')} | {f('blend_oof_logloss')} "
-                     f"| {f('bar')} | {f('ft_weight', '{:.2f}')} | {r['sec_per_epoch']:.1f} | {r['ft_total_s']:.0f} "
+        lines.append(f"| {r['file']} | {r['rows']} | {r['device']} | {r['max_length']} "
+                     f"| {r['epochs']:g} | {f('ft_oof_logloss')} | {f('stack_oof_logloss')} "
+                     f"| {f('blend_oof_logloss')} | {f('bar')} | {f('ft_weight', '{:.2f}')} "
+                     f"| {r['sec_per_epoch']:.1f} | {r['ft_total_s']:.0f} "
                      f"| {r['peak_mb']:.0f} ({r['peak_kind']}) |")
     return "\n".join(lines)
 
@@ -192,8 +193,9 @@ def main(argv: list[str] | None = None) -> int:
             "Fine-tuned OOF: the member's own out-of-fold logits. Stack / stack + fine-tuned "
             "OOF: the default stack's nested OOF log loss (blend fitted on the other folds) "
             "without / with the fine-tuned member; bar: issue #10's on the same folds (the "
-            "lower of the best peer's and the peer average's OOF, minus 0.005). Peak memory: GPU max allocated, or the process max "
-            "RSS on the CPU (a process-wide peak: it includes earlier files' stages).\n")
+            "lower of the best peer's and the peer average's OOF, minus 0.005). Peak memory: "
+            "GPU max allocated, or the process max RSS on the CPU (a process-wide peak: it "
+            "includes earlier files' stages).\n")
     print("\n" + table + "\n\n" + conditions)
     write_text_atomic(args.out, text)
     print(f"written to {args.out}")

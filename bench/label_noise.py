@@ -61,8 +61,8 @@ def main(argv=None) -> int:
     print(f"# Label noise of the shared files\n\nWritten {time.strftime('%Y-%m-%d %H:%M')} by "
           "`python bench/label_noise.py` (labels only: no model, deterministic).\n")
     print("| file | rows | pairs judged more than once | votes per pair | unanimous pairs | "
-          "P(two votes agree) | bound -log P | one vote from the pair's others (alpha 1 / 2 / 4 / 8) "
-          "| class prior |")
+          "P(two votes agree) | bound -log P | one vote from the pair's others "
+          "(alpha 1 / 2 / 4 / 8) | class prior |")
     print("|---|---|---|---|---|---|---|---|---|")
     for path in files:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)

@@ -142,9 +142,10 @@ class XGBLearner:
         kwargs: dict[str, Any] = {}
         if X_valid is not None:
             valid = xgb.DMatrix(_dense(X_valid), label=y_valid)
-            kwargs = {"evals": [(valid, "inner")],
-                      "early_stopping_rounds": self.control["early_stopping_rounds"], "verbose_eval": False}
-        booster = xgb.train(params, train, num_boost_round=self.control["num_boost_round"], **kwargs)
+            kwargs = {"evals": [(valid, "inner")], "verbose_eval": False,
+                      "early_stopping_rounds": self.control["early_stopping_rounds"]}
+        booster = xgb.train(params, train, num_boost_round=self.control["num_boost_round"],
+                            **kwargs)
         if X_valid is not None:
             self.best_iteration = int(booster.best_iteration)
             self.inner_score = float(booster.best_score)
