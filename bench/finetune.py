@@ -80,7 +80,6 @@ def bench_file(path: Path, args: argparse.Namespace) -> dict:
 
     with tempfile.TemporaryDirectory(prefix="bench-ft-") as tmp:
         workdir = Path(tmp)
-        (workdir / "raw").mkdir(parents=True)
         train, test, _ = split_file(path, workdir / "raw", args.max_rows, args.seed)
         ft = {"max_length": args.max_length, "epochs": args.epochs, "batch_size": args.batch_size,
               "head": args.head, "lr": args.lr, "head_lr": args.head_lr}
