@@ -20,6 +20,11 @@ that, both scored on ``bench/quality.py``'s folds (run it first):
    regression on [onehot(A) - onehot(B), onehot(A) + onehot(B)] per fold: a ceiling for any
    member that infers from the text which model wrote a response. Files without model
    names (one value for all) give the class prior.
+4. **Predicted authors** (a member): the same regression on the author probabilities of a
+   classifier that reads only the text (n-gram TF-IDF, logistic regression), trained per
+   fold on the other folds' named responses; the fold's own training rows get inner
+   cross-fitted probabilities, so no probability is in-sample. This is what a test file
+   without names allows; its accuracy on held-out responses is reported beside it.
 
     python bench/quality.py && python bench/cohort_probe.py
 """
@@ -103,22 +108,20 @@ def bt_smooth(P, train: pd.DataFrame, lam: float, mix: float) -> np.ndarray:
     return Q
 
 
-def identity_member(model_a: np.ndarray, model_b: np.ndarray, folds, y, C: float = 1.0) -> np.ndarray:
-    """OOF probabilities [n, 3] of a logistic regression on who wrote A and B, fitted per
-    fold on the other folds' rows in both orders, predicting both orders averaged."""
+def pair_member(sides, folds, y, C: float = 1.0) -> np.ndarray:
+    """OOF probabilities [n, 3] of a logistic regression on who wrote A and B: per fold k,
+    ``sides(k)`` gives A, B [n, M] (one-hot names, or predicted author probabilities), and
+    the regression on [A - B, A + B] is fitted on the other folds' rows in both orders,
+    predicting fold k in both orders averaged."""
     from sklearn.linear_model import LogisticRegression
 
     from pipeline.blend import SWAP_PERM
 
-    names = {m: i for i, m in enumerate(sorted(set(model_a) | set(model_b)))}
-    rows = np.arange(len(y))
-    A, B = np.zeros((len(y), len(names))), np.zeros((len(y), len(names)))
-    A[rows, [names[m] for m in model_a]] = 1
-    B[rows, [names[m] for m in model_b]] = 1
-    X, Xs = np.hstack([A - B, A + B]), np.hstack([B - A, A + B])
     perm = np.asarray(SWAP_PERM)
     out = np.zeros((len(y), 3))
     for k in np.unique(folds):
+        A, B = sides(k)
+        X, Xs = np.hstack([A - B, A + B]), np.hstack([B - A, A + B])
         fit, held = folds != k, folds == k
         labels = np.concatenate([y[fit], perm[y[fit]]])
         lr = LogisticRegression(C=C, max_iter=2000).fit(np.vstack([X[fit], Xs[fit]]), labels)
@@ -127,6 +130,75 @@ def identity_member(model_a: np.ndarray, model_b: np.ndarray, folds, y, C: float
         ps[:, lr.classes_] = lr.predict_proba(Xs[held])
         out[held] = 0.5 * (p + ps[:, perm])
     return out
+
+
+def identity_member(model_a: np.ndarray, model_b: np.ndarray, folds, y, C: float = 1.0) -> np.ndarray:
+    """The oracle: ``pair_member`` on one-hot model names."""
+    names = {m: i for i, m in enumerate(sorted(set(model_a) | set(model_b)))}
+    rows = np.arange(len(y))
+    A, B = np.zeros((len(y), len(names))), np.zeros((len(y), len(names)))
+    A[rows, [names[m] for m in model_a]] = 1
+    B[rows, [names[m] for m in model_b]] = 1
+    return pair_member(lambda k: (A, B), folds, y, C)
+
+
+UNNAMED = {"", "unknown", "nan", "none"}
+
+
+def author_probs(texts: np.ndarray, names: np.ndarray, fit: np.ndarray, C: float = 10.0) -> np.ndarray:
+    """[len(texts), M] author probabilities of every text from a classifier fitted on the
+    named texts of ``fit`` only (word 1-2 and char 3-5 n-gram TF-IDF fitted on those
+    texts, multinomial logistic regression; M = the sorted names of all rows, so every
+    fit gives the same columns). Each distinct text is vectorised once."""
+    import scipy.sparse as sp
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    classes = sorted({m for m in names if m.lower() not in UNNAMED})
+    out = np.zeros((len(texts), max(len(classes), 1)))
+    train = fit & np.array([m.lower() not in UNNAMED for m in names])
+    pairs = pd.DataFrame({"t": texts[train], "m": names[train]}).drop_duplicates()
+    if pairs["m"].nunique() < 2:
+        return out
+    vecs = [TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True, max_features=200_000),
+            TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), min_df=2, sublinear_tf=True,
+                            max_features=200_000)]
+    X = sp.hstack([v.fit_transform(pairs["t"]) for v in vecs], format="csr")
+    lr = LogisticRegression(C=C, max_iter=1000).fit(X, pairs["m"].map(classes.index))
+    codes, uniq = pd.factorize(texts)
+    P = lr.predict_proba(sp.hstack([v.transform(uniq) for v in vecs], format="csr"))
+    out[:, lr.classes_] = P[codes]
+    return out
+
+
+def predicted_author_member(texts_a, texts_b, model_a, model_b, prompts, folds, y,
+                            inner: int = 5) -> tuple[np.ndarray, float]:
+    """``pair_member`` on predicted author probabilities instead of the names (what a test
+    file without names allows). Per fold k the classifier learns from the other folds'
+    named responses only; their own rows get its inner cross-fitted probabilities (inner
+    folds by prompt), so the pair member is fitted on probabilities as noisy as those it
+    is applied to. Returns (OOF [n, 3], author accuracy on the held-out folds' texts)."""
+    n = len(y)
+    texts = np.concatenate([texts_a, texts_b]).astype(object)
+    names = np.concatenate([model_a, model_b]).astype(str)
+    groups, f2 = np.concatenate([prompts, prompts]), np.concatenate([folds, folds])
+    classes = sorted({m for m in names if m.lower() not in UNNAMED})
+    hits = []
+
+    def sides(k):
+        fit = f2 != k
+        P = author_probs(texts, names, fit)
+        uniq = np.unique(groups[fit])
+        np.random.default_rng(int(k)).shuffle(uniq)
+        for j in range(inner):
+            part = fit & np.isin(groups, uniq[j::inner])
+            P[part] = author_probs(texts, names, fit & ~part)[part]
+        named = ~fit & np.isin(names, classes)
+        if named.any():
+            hits.append(np.mean(np.asarray(classes)[P[named].argmax(1)] == names[named]))
+        return P[:n], P[n:]
+
+    return pair_member(sides, folds, y), float(np.mean(hits)) if hits else float("nan")
 
 
 def run_file(stem: str, workdir: Path) -> dict:
@@ -167,6 +239,14 @@ def run_file(stem: str, workdir: Path) -> dict:
     out["model identities (oracle, not a test input): the member alone"] = log_loss(y, ids)
     out["model identities (oracle): default members + it (nested level-2)"] = log_loss(
         y, nested_meta(probas + [ids], y, folds, cfg.stack.meta_C))
+    pred, acc = predicted_author_member(train["response_a"].to_numpy(), train["response_b"].to_numpy(),
+                                        ctx.dataset.train["model_a"].astype(str).to_numpy(),
+                                        ctx.dataset.train["model_b"].astype(str).to_numpy(),
+                                        prompts, folds, y)
+    out["predicted authors: share of held-out responses named right (accuracy, not a log loss)"] = acc
+    out["predicted authors (from the text): the member alone"] = log_loss(y, pred)
+    out["predicted authors: default members + it (nested level-2)"] = log_loss(
+        y, nested_meta(probas + [pred], y, folds, cfg.stack.meta_C))
     return {"file": stem, "rows": out}
 
 
@@ -175,8 +255,8 @@ def table(workdir: Path, load: str) -> list[str] | None:
     if not stems:
         return None
     return combiner_table(
-        "# A prompt's other responses (neighbour win rate, Bradley-Terry smoothing) and model "
-        "identities (oracle)",
+        "# A prompt's other responses (neighbour win rate, Bradley-Terry smoothing), model "
+        "identities (oracle) and predicted authors",
         f"Written {time.strftime('%Y-%m-%d %H:%M')} by `python bench/cohort_probe.py` from "
         "bench/quality.py's OOF (default members, its folds). Load average at start "
         f"{load}. OOF log loss; every probe nested or label-free.",

@@ -148,3 +148,35 @@ def test_identity_member_learns_who_wins_from_other_folds_only():
     assert np.allclose(q[folds == 0], p[folds == 0])
     same = cohort_probe.identity_member(np.full(n, "u"), np.full(n, "u"), folds, y)
     assert np.allclose(same, same[0]) and np.allclose(same[0][:2], 0.5, atol=1e-6)
+
+
+def test_predicted_author_member_reads_only_other_folds_names_and_labels():
+    """'x' writes from one vocabulary and beats 'y', which writes from another: the
+    classifier names held-out authors right and the member learns who wins; a fold's own
+    names and labels change none of its predictions; one name for all rows gives the prior."""
+    rng = np.random.default_rng(0)
+    n = 150
+    vocab = {"x": ["alpha", "beta", "gamma", "delta"], "y": ["omega", "sigma", "kappa", "theta"]}
+
+    def text(m):
+        return " ".join(rng.choice(vocab[m], size=8))
+
+    x_on_a = rng.random(n) < 0.5
+    model_a, model_b = np.where(x_on_a, "x", "y"), np.where(x_on_a, "y", "x")
+    texts_a = np.array([text(m) for m in model_a], dtype=object)
+    texts_b = np.array([text(m) for m in model_b], dtype=object)
+    prompts = np.arange(n) // 2
+    folds = prompts % 5
+    y = np.where(x_on_a, 0, 1)
+    p, acc = cohort_probe.predicted_author_member(texts_a, texts_b, model_a, model_b, prompts, folds, y)
+    assert acc == 1.0 and np.allclose(p.sum(axis=1), 1)
+    assert (p[np.arange(n), y] > 0.7).all()
+    held = folds == 0
+    y2, a2, b2 = y.copy(), model_a.copy(), model_b.copy()
+    y2[held], a2[held], b2[held] = 2, model_b[held], model_a[held]
+    q, _ = cohort_probe.predicted_author_member(texts_a, texts_b, a2, b2, prompts, folds, y2)
+    assert np.allclose(q[held], p[held])
+    assert not np.allclose(q[~held], p[~held])  # other folds do read fold 0's rows
+    same, acc = cohort_probe.predicted_author_member(texts_a, texts_b, np.full(n, "unknown"),
+                                                     np.full(n, "unknown"), prompts, folds, y)
+    assert np.isnan(acc) and np.allclose(same, same[0])
