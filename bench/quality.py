@@ -16,6 +16,8 @@ through their caches):
    weights fitted on the other folds only): ``bench/results/quality_subsets.md``, the table
    the default members were chosen from (best mean over files, every file counted).
 
+Beside the table, ``bench/results/quality.png`` shows the same numbers per file.
+
 The 95% interval of (default stack - best peer) and (default stack - peer average) comes
 from resampling prompts (1,000 bootstrap draws of whole prompt groups).
 
@@ -43,7 +45,8 @@ sys.path.insert(0, str(REPO))
 from bench import peers  # noqa: E402
 from pipeline.blend import (accuracy, log_loss, nested_blend, nested_meta, normalize_proba,  # noqa: E402
                             prior_oof)
-from pipeline.catalog import Catalog, read_json, write_csv_atomic, write_text_atomic  # noqa: E402
+from pipeline.catalog import (Catalog, atomic_path, read_json, write_csv_atomic,  # noqa: E402
+                              write_text_atomic)
 from pipeline.config import Config, apply_overrides, load_config  # noqa: E402
 from pipeline.context import RunContext  # noqa: E402
 from pipeline.data import LABEL_COLUMNS  # noqa: E402
@@ -276,6 +279,61 @@ def table(rows: list[dict], limit: int | None, load: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+PEER_LABELS = {"length_lr": "length LR", "tfidf_lgbm": "TF-IDF + LightGBM", "emb_lr": "MiniLM + LR",
+               "peer_average": "peer average"}
+
+
+def quality_plot(rows: list[dict], path: Path) -> Path:
+    """A PNG beside the table: per file, every predictor's OOF log loss on one axis (class
+    prior, peers, candidate members, the default stack), issue #10's bar as a dashed line,
+    and the stack's 95% interval against the best peer (the best peer plus the interval of
+    stack - best peer) as a bar through its dot. Files get their own x-axis (their log losses
+    differ by far more than the gaps within one file)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = (["class prior"] + [PEER_LABELS[n] for n in (*PEERS, "peer_average")]
+              + [f"member {n}" for n in rows[0]["members"]] + ["default stack"])
+    fig, axes = plt.subplots(1, len(rows), figsize=(3.2 * len(rows) + 1.5, 0.32 * len(labels) + 1.6),
+                             sharey=True, squeeze=False)
+    ypos = np.arange(len(labels))[::-1]
+    for ax, r in zip(axes[0], rows):
+        best = r["peers"][r["best_peer"]][0]
+        bar = min(best, r["peers"]["peer_average"][0]) - MARGIN
+        vals = ([r["prior"]] + [r["peers"][n][0] for n in (*PEERS, "peer_average")]
+                + [v[0] for v in r["members"].values()] + [r["stack"][0]])
+        met = r["stack"][0] <= bar
+        colors = (["0.6"] + ["tab:blue"] * (len(PEERS) + 1) + ["tab:gray"] * len(r["members"])
+                  + ["tab:green" if met else "tab:red"])
+        ax.scatter(vals, ypos, c=colors, s=[20] * (len(vals) - 1) + [60], zorder=3)
+        lo, hi = best + r["ci_best"][0], best + r["ci_best"][1]
+        ax.plot([lo, hi], [ypos[-1]] * 2, color=colors[-1], lw=2, zorder=2)
+        ax.axvline(bar, ls="--", color="k", lw=1)
+        ax.set_title(f"{r['file']}\n({r['rows']} rows; bar {bar:.4f}: {'met' if met else 'missed'})",
+                     fontsize=8)
+        ax.set_xlabel("OOF log loss", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(axis="x", alpha=0.3)
+        # The prior sits far to the right on most files; keep the gaps that matter readable.
+        others = vals[1:] + [lo, hi, bar]
+        span = max(others) - min(others)
+        ax.set_xlim(min(others) - 0.08 * span, max(others) + 0.08 * span)
+        if r["prior"] > max(others) + 0.08 * span:
+            ax.annotate(f"prior {r['prior']:.3f} ->", (1, ypos[0]), xycoords=("axes fraction", "data"),
+                        ha="right", va="center", fontsize=7, color="0.4")
+    axes[0][0].set_yticks(ypos)
+    axes[0][0].set_yticklabels(labels, fontsize=8)
+    fig.suptitle("Five-fold OOF log loss, prompt-grouped folds (dashed: issue #10's bar; "
+                 "line through the stack: 95% interval vs the best peer)", fontsize=9)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return path
+
+
 def subsets_table(rows: list[dict]) -> str:
     """Markdown: nested-blend OOF log loss of every subset of the candidates, per file."""
     names = list(rows[0]["subsets"])
@@ -343,6 +401,7 @@ def main(argv=None) -> int:
     if args.out:
         write_text_atomic(args.out, text)
         write_text_atomic(args.out.with_name(args.out.stem + "_subsets.md"), sub)
+        print(f"plot: {quality_plot(rows, args.out.with_suffix('.png'))}")
     if args.json:
         write_text_atomic(args.json, json.dumps(rows, indent=1, default=float))
     return 0

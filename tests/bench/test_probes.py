@@ -180,3 +180,16 @@ def test_predicted_author_member_reads_only_other_folds_names_and_labels():
     same, acc = cohort_probe.predicted_author_member(texts_a, texts_b, np.full(n, "unknown"),
                                                      np.full(n, "unknown"), prompts, folds, y)
     assert np.isnan(acc) and np.allclose(same, same[0])
+
+
+def test_quality_plot_writes_a_png_per_run(tmp_path):
+    """One panel per file, from the rows bench/quality.py returns (a missed and a met bar)."""
+    def row(name, stack):
+        return {"file": name, "rows": 100, "prior": 1.0, "stack": (stack, 0.5), "best_peer": "emb_lr",
+                "peers": {"length_lr": (0.9, 0.5), "tfidf_lgbm": (0.85, 0.5), "emb_lr": (0.8, 0.5),
+                          "peer_average": (0.82, 0.5)},
+                "members": {"m1": (0.81, 0.5), "m2": (0.83, 0.5)}, "ci_best": (-0.02, 0.01)}
+
+    out = quality.quality_plot([row("f1", 0.79), row("f2", 0.7)], tmp_path / "q.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(tmp_path.glob(".*tmp"))  # written atomically, nothing left beside it
