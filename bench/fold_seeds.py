@@ -10,7 +10,8 @@ held-out split, and prints:
 1. per file and seed: the default stack, the best peer and the peer average, the bar
    (the lower of the two minus the 0.005 margin) and whether the stack meets it;
 2. per seed: where the default members rank by mean OOF log loss among the subsets that
-   win the most files, i.e. whether the selection rule would pick them again.
+   win the most files, i.e. whether the selection rule would pick them again;
+3. ``bench/results/fold_seeds.png``: the margins of (1) as a picture.
 
 Every fit is cached by its folds, so a seed already run (or the default seed, after
 ``bench/quality.py``) costs only its subset blends. Other draws' runs are named apart
@@ -142,6 +143,44 @@ def report(results: dict[int, list[dict]], load: str, started: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def margins_plot(results: dict[int, list[dict]], path: Path) -> Path:
+    """A PNG beside the table: per file, the default stack's margin to its bar on every
+    draw (stack - bar; below the zero line the target is met), one marker per draw."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pipeline.catalog import atomic_path
+
+    seeds = sorted(results)
+    files = [r["file"] for r in results[seeds[0]]]
+    per = {s: {v["file"]: v for v in verdicts(results[s])} for s in seeds}
+    fig, ax = plt.subplots(figsize=(1.9 * len(files) + 2.5, 3.8))
+    width = 0.6 / max(len(seeds), 1)
+    for i, seed in enumerate(seeds):
+        x = np.arange(len(files)) - 0.3 + (i + 0.5) * width
+        m = [per[seed][f]["margin"] for f in files]
+        ax.scatter(x, m, label=f"fold seed {seed}", zorder=3,
+                   marker="os^Dvp<>"[i % 8], c=["tab:red" if v > 0 else "tab:green" for v in m],
+                   edgecolors="k", linewidths=0.5)
+    ax.axhline(0, color="k", lw=1)
+    ax.axhspan(0, ax.get_ylim()[1], color="tab:red", alpha=0.06)
+    ax.set_xticks(np.arange(len(files)))
+    ax.set_xticklabels([f"{f}\n(met on {sum(per[s][f]['margin'] <= 0 for s in seeds)} of {len(seeds)})"
+                        for f in files], fontsize=7)
+    ax.set_ylabel("stack - bar (OOF log loss)", fontsize=8)
+    ax.set_title("Issue #10's target per fold draw: the default stack's margin to its bar "
+                 "(below 0: met)", fontsize=9)
+    ax.legend(fontsize=7, loc="best")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    return path
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data")
@@ -166,6 +205,7 @@ def main(argv=None) -> int:
     print(text)
     if args.out:
         write_text_atomic(args.out, text)
+        print(f"plot: {margins_plot(results, args.out.with_suffix('.png'))}")
     if args.json:
         write_text_atomic(args.json, json.dumps(results, indent=1, default=float))
     return 0

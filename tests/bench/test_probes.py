@@ -1,4 +1,4 @@
-"""bench/fold_seeds.py's verdicts and rankings, bench/cohort_probe.py's two probes and
+"""bench/fold_seeds.py's verdicts, rankings and plot, bench/cohort_probe.py's two probes and
 bench/label_noise.py's vote statistics, on small made-up inputs where the answer is known."""
 from __future__ import annotations
 
@@ -44,6 +44,12 @@ def test_pooled_ranks_on_the_mean_over_draws():
     assert lines[-1].startswith("The default members (bold) rank 1 of 2")
     report = fold_seeds.report({42: draw(0.58, 0.61), 43: draw(0.60, 0.60)}, "1.0", "t")
     assert "| f2 | 0.8000 / 0.7950 (**+0.0050**) | 0.8000 / 0.7950 (**+0.0050**) | 0 of 2 |" in report
+
+
+def test_margins_plot_writes_a_png(tmp_path):
+    rows = [_row("f1", 0.60, 0.62, 0.63, {}), _row("f2", 0.80, 0.80, 0.81, {})]
+    out = fold_seeds.margins_plot({42: rows, 43: rows}, tmp_path / "m.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not list(tmp_path.glob(".*tmp"))
 
 
 def _pairs(n_prompts: int = 6, k: int = 4, seed: int = 0):
