@@ -1,5 +1,5 @@
-"""Two uses of a prompt's other responses, and an oracle of who wrote each response, probed
-on the default stack's OOF predictions.
+"""Two uses of a prompt's other responses, and who wrote each response (the names, as an
+oracle, and guessed from the text), probed on the default stack's OOF predictions.
 
 Vicuna80 rates every pair of 8 models' answers to each of its 80 questions (PandaLM: 4-5
 answers per prompt), so each response occurs in several rows. Two label-free ways to use
