@@ -288,7 +288,8 @@ def quality_plot(rows: list[dict], path: Path) -> Path:
     prior, peers, candidate members, the default stack), issue #10's bar as a dashed line,
     and the stack's 95% interval against the best peer (the best peer plus the interval of
     stack - best peer) as a bar through its dot. Files get their own x-axis (their log losses
-    differ by far more than the gaps within one file)."""
+    differ by far more than the gaps within one file); predictors far to the right of the
+    stack, the bar and the best peer sit at the axis's edge, labelled with their value."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -307,8 +308,19 @@ def quality_plot(rows: list[dict], path: Path) -> Path:
         met = r["stack"][0] <= bar
         colors = (["0.6"] + ["tab:blue"] * (len(PEERS) + 1) + ["tab:gray"] * len(r["members"])
                   + ["tab:green" if met else "tab:red"])
-        ax.scatter(vals, ypos, c=colors, s=[20] * (len(vals) - 1) + [60], zorder=3)
         lo, hi = best + r["ci_best"][0], best + r["ci_best"][1]
+        # The x-axis spans the stack, its interval, the bar and the best peer, plus room; a
+        # predictor far to the right (the prior, weak members) sits at the edge with its value.
+        core = [r["stack"][0], lo, hi, bar, best]
+        left = min(core + vals[1:]) - 0.01
+        right = max(core) + max(0.04, 0.5 * (max(core) - min(core)))
+        shown = np.minimum(vals, right)
+        ax.scatter(shown, ypos, c=colors, s=[20] * (len(vals) - 1) + [60], zorder=3,
+                   marker="o")
+        for v, x, yp in zip(vals, shown, ypos):
+            if v > right:
+                ax.annotate(f"{v:.3f} ->", (x, yp), xytext=(-4, 0), textcoords="offset points",
+                            ha="right", va="center", fontsize=6.5, color="0.35")
         ax.plot([lo, hi], [ypos[-1]] * 2, color=colors[-1], lw=2, zorder=2)
         ax.axvline(bar, ls="--", color="k", lw=1)
         ax.set_title(f"{r['file']}\n({r['rows']} rows; bar {bar:.4f}: {'met' if met else 'missed'})",
@@ -316,13 +328,7 @@ def quality_plot(rows: list[dict], path: Path) -> Path:
         ax.set_xlabel("OOF log loss", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(axis="x", alpha=0.3)
-        # The prior sits far to the right on most files; keep the gaps that matter readable.
-        others = vals[1:] + [lo, hi, bar]
-        span = max(others) - min(others)
-        ax.set_xlim(min(others) - 0.08 * span, max(others) + 0.08 * span)
-        if r["prior"] > max(others) + 0.08 * span:
-            ax.annotate(f"prior {r['prior']:.3f} ->", (1, ypos[0]), xycoords=("axes fraction", "data"),
-                        ha="right", va="center", fontsize=7, color="0.4")
+        ax.set_xlim(left, right + 0.005)
     axes[0][0].set_yticks(ypos)
     axes[0][0].set_yticklabels(labels, fontsize=8)
     fig.suptitle("Five-fold OOF log loss, prompt-grouped folds (dashed: issue #10's bar; "
