@@ -151,7 +151,7 @@ def margins_plot(results: dict[int, list[dict]], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from pipeline.catalog import atomic_path
+    from pipeline.report import save_png
 
     seeds = sorted(results)
     files = [r["file"] for r in results[seeds[0]]]
@@ -175,8 +175,7 @@ def margins_plot(results: dict[int, list[dict]], path: Path) -> Path:
     ax.legend(fontsize=7, loc="best")
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
+    save_png(fig, path)
     plt.close(fig)
     return path
 

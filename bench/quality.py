@@ -45,11 +45,11 @@ sys.path.insert(0, str(REPO))
 from bench import peers  # noqa: E402
 from pipeline.blend import (accuracy, log_loss, nested_blend, nested_meta, normalize_proba,  # noqa: E402
                             prior_oof)
-from pipeline.catalog import (Catalog, atomic_path, read_json, write_csv_atomic,  # noqa: E402
-                              write_text_atomic)
+from pipeline.catalog import Catalog, read_json, write_csv_atomic, write_text_atomic  # noqa: E402
 from pipeline.config import Config, apply_overrides, load_config  # noqa: E402
 from pipeline.context import RunContext  # noqa: E402
 from pipeline.data import LABEL_COLUMNS  # noqa: E402
+from pipeline.report import save_png  # noqa: E402
 from pipeline.stages import STAGES  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "quality.md"
@@ -334,8 +334,7 @@ def quality_plot(rows: list[dict], path: Path) -> Path:
     fig.suptitle("Five-fold OOF log loss, prompt-grouped folds (dashed: issue #10's bar; "
                  "line through the stack: 95% interval vs the best peer)", fontsize=9)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
+    save_png(fig, path)
     plt.close(fig)
     return path
 

@@ -25,7 +25,8 @@ def _fmt(v, nd: int = 4) -> str:
     return str(v)
 
 
-def _savefig(fig, path: Path) -> None:
+def save_png(fig, path: Path) -> None:
+    """``fig`` as a PNG at ``path``, written atomically (run reports, bench plots)."""
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
 
@@ -82,7 +83,7 @@ def _plots(run_dir: Path, metrics: dict, y: np.ndarray, proba: np.ndarray,
     axes[0].set_ylabel("observed frequency")
     axes[0].legend(loc="upper left", fontsize=8)
     fig.suptitle("Calibration of the nested OOF blend (numbers: rows per bin)")
-    _savefig(fig, run_dir / "calibration.png")
+    save_png(fig, run_dir / "calibration.png")
     plt.close(fig)
     files["calibration"] = "calibration.png"
 
@@ -98,7 +99,7 @@ def _plots(run_dir: Path, metrics: dict, y: np.ndarray, proba: np.ndarray,
     ax.set_xlabel("predicted (argmax)")
     ax.set_ylabel("true")
     ax.set_title("Confusion matrix (OOF blend)")
-    _savefig(fig, run_dir / "confusion.png")
+    save_png(fig, run_dir / "confusion.png")
     plt.close(fig)
     files["confusion"] = "confusion.png"
 
@@ -121,7 +122,7 @@ def _plots(run_dir: Path, metrics: dict, y: np.ndarray, proba: np.ndarray,
             ax.set_yticks(range(len(top)), top.index, fontsize=8)
             ax.set_xlabel(importance_label(kind))
             ax.set_title(f"Top feature importances: {name}")
-            _savefig(fig, run_dir / "importance.png")
+            save_png(fig, run_dir / "importance.png")
             plt.close(fig)
             files["importance"] = "importance.png"
 
@@ -143,7 +144,7 @@ def _plots(run_dir: Path, metrics: dict, y: np.ndarray, proba: np.ndarray,
         axes[1].set_xlabel("mean P(A) - P(B) (0 = no position bias)")
         axes[1].set_title(f"Identical responses ({n_ident} pairs)")
         fig.suptitle("Position bias of each member (the blend averages both orders: swap TTA)")
-        _savefig(fig, run_dir / "position_bias.png")
+        save_png(fig, run_dir / "position_bias.png")
         plt.close(fig)
         files["position"] = "position_bias.png"
     lb = pd.DataFrame(diag.get("length_bias", []))
@@ -157,7 +158,7 @@ def _plots(run_dir: Path, metrics: dict, y: np.ndarray, proba: np.ndarray,
         ax.set_ylim(0, 1)
         ax.legend(fontsize=8, ncol=3)
         ax.set_title("Length bias: win rates by length ratio (nested OOF blend)")
-        _savefig(fig, run_dir / "length_bias.png")
+        save_png(fig, run_dir / "length_bias.png")
         plt.close(fig)
         files["length"] = "length_bias.png"
 
@@ -170,7 +171,7 @@ def _plots(run_dir: Path, metrics: dict, y: np.ndarray, proba: np.ndarray,
         ax.set_title(f"Blend weights (temperature {metrics.get('blend_temperature', 1):.3f})")
         for i, v in enumerate(weights.values()):
             ax.text(i, v + 0.02, f"{v:.2f}", ha="center")
-        _savefig(fig, run_dir / "blend_weights.png")
+        save_png(fig, run_dir / "blend_weights.png")
         plt.close(fig)
         files["weights"] = "blend_weights.png"
     return files
