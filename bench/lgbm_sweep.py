@@ -20,16 +20,14 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.quality import _ctx, bar_of, peer_oofs, split_file  # noqa: E402
+from bench.quality import _ctx, bar_of, fit_and_read, peer_oofs, split_file  # noqa: E402
 from pipeline.blend import log_loss, nested_meta  # noqa: E402
-from pipeline.catalog import read_json, write_text_atomic  # noqa: E402
+from pipeline.catalog import write_text_atomic  # noqa: E402
 from pipeline.config import Config, apply_overrides  # noqa: E402
-from pipeline.stages import STAGES  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "lgbm_sweep.md"
 INPUTS = ["tfidf", "length", "structure", "overlap"]
@@ -87,12 +85,7 @@ def sweep_file(path: Path, workdir: Path, seed: int, run_name: str, others: dict
                                  "stack": {"members": members, "use_finetune": False}})
     ctx = _ctx(cfg, workdir, train_path, test_path)
     t0 = time.perf_counter()
-    for stage in ("embed", "features", "stack"):
-        STAGES[stage].load()(ctx)
-    metrics = read_json(ctx.run_dir / "metrics.json")
-    oof = pd.read_parquet(ctx.run_dir / "oof.parquet")
-    y = oof["label"].to_numpy().astype(np.int64)
-    folds = oof["fold"].to_numpy().astype(np.int64)
+    metrics, oof, y, folds = fit_and_read(ctx)
     proba = {n: oof[[f"{n}_a", f"{n}_b", f"{n}_tie"]].to_numpy() for n in members}
     rest = [proba[n] for n in others]
     out = {label: {"member": metrics["members"][name]["oof_log_loss"],

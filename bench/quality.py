@@ -158,6 +158,16 @@ def bar_of(peer_p: dict, y: np.ndarray) -> float:
     return min(min(scores[n] for n in PEERS), scores["peer_average"]) - MARGIN
 
 
+def fit_and_read(ctx, stages=("embed", "features", "stack")) -> tuple[dict, pd.DataFrame, np.ndarray, np.ndarray]:
+    """Run ``stages`` on ``ctx`` (each cached by content) and read the run's outputs back.
+    Returns: (metrics.json, oof.parquet, labels int64 [n], folds int64 [n])."""
+    for stage in stages:
+        STAGES[stage].load()(ctx)
+    oof = pd.read_parquet(ctx.run_dir / "oof.parquet")
+    return (read_json(ctx.run_dir / "metrics.json"), oof,
+            oof["label"].to_numpy().astype(np.int64), oof["fold"].to_numpy().astype(np.int64))
+
+
 def run_file(path: Path, workdir: Path, limit: int | None, base_cfg, seed: int) -> dict:
     """Candidates, default stack and peers on one file; returns its results."""
     from pipeline.folds import prompt_groups
@@ -172,13 +182,8 @@ def run_file(path: Path, workdir: Path, limit: int | None, base_cfg, seed: int) 
     cand_cfg = apply_overrides(base_cfg, {"name": f"quality-candidates-{data_dir.name}{draw}",
                                           "stack": {"members": CANDIDATES, "use_finetune": False}})
     ctx = _ctx(cand_cfg, workdir, train_path, test_path)
-    for name in ("embed", "features", "stack"):
-        STAGES[name].load()(ctx)
+    cand_metrics, oof, y, folds = fit_and_read(ctx)
     cand_seconds = time.perf_counter() - t0
-    cand_metrics = read_json(ctx.run_dir / "metrics.json")
-    oof = pd.read_parquet(ctx.run_dir / "oof.parquet")
-    y = oof["label"].to_numpy().astype(np.int64)
-    folds = oof["fold"].to_numpy().astype(np.int64)
     members = {n: oof[[f"{n}_a", f"{n}_b", f"{n}_tie"]].to_numpy() for n in CANDIDATES}
 
     t0 = time.perf_counter()

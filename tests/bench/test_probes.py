@@ -199,3 +199,37 @@ def test_quality_plot_writes_a_png_per_run(tmp_path):
     out = quality.quality_plot([row("f1", 0.79), row("f2", 0.7)], tmp_path / "q.png")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(tmp_path.glob(".*tmp"))  # written atomically, nothing left beside it
+
+
+def test_long_text_probe_counts_responses_over_the_token_budget(tmp_path):
+    """Of three distinct responses ("short" is repeated and counts once) one is far over
+    MiniLM's 254-token budget; turns are joined as the embed stage joins them."""
+    import json as _json
+
+    from bench import long_text_probe
+    from pipeline.config import Config
+
+    long = "word " * 400
+    rows = [{"id": i, "prompt": _json.dumps(["q"]), "response_a": _json.dumps([a]),
+             "response_b": _json.dumps([b]), "winner_model_a": 1, "winner_model_b": 0,
+             "winner_tie": 0}
+            for i, (a, b) in enumerate([("short", long), ("short", "also short")])]
+    path = tmp_path / "train.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    assert long_text_probe.over_budget(path, Config()) == pytest.approx(1 / 3)
+    # Two turns of 150 words each: each fits, joined they do not.
+    rows[1]["response_b"] = _json.dumps(["word " * 150, "word " * 150])
+    pd.DataFrame(rows).to_csv(path, index=False)
+    assert long_text_probe.over_budget(path, Config()) == pytest.approx(2 / 3)
+
+
+def test_long_text_probe_table_gives_margins_and_means():
+    from bench import long_text_probe
+
+    cell = lambda s, b: {"stack": s, "bar": b, "linear_emb": s + 0.1}  # noqa: E731
+    rows = {"f1": {"truncate": {42: cell(0.80, 0.79), 43: cell(0.70, 0.72)},
+                   "chunk_mean": {42: cell(0.78, 0.79), 43: cell(0.70, 0.72)}}}
+    text = long_text_probe.table(rows, {"f1": 0.5}, [42, 43], ["truncate", "chunk_mean"], "1.0", "now")
+    assert "| f1 | 50% | truncate | 0.8000 (+0.0100) | 0.7000 (-0.0200) | 0.7500 | 0.8500 |" in text
+    assert "| f1 | 50% | chunk_mean | 0.7800 (-0.0100) | 0.7000 (-0.0200) | 0.7400 | 0.8400 |" in text
+    assert "truncate 0.7500, chunk_mean 0.7400" in text
