@@ -8,12 +8,12 @@ inner split too, for the chosen rounds scaled by the row ratio).
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from pipeline.learners.base import N_CLASSES, fit_thread_budget, split_control
+from pipeline.learners.base import N_CLASSES
+from pipeline.learners.boosted import BoostedLearner, merge_params
 
 # Idle OpenMP threads sleep instead of spinning. LightGBM's default (spinning) made one
 # fit 9x slower on a 2-core machine shared with other processes (1159 vs 137 ms per round,
@@ -47,11 +47,6 @@ _FIXED_PARAMS = {"objective": "multiclass", "num_class": N_CLASSES}
 # Round control: read by the learner, never passed to LightGBM.
 CONTROL = {"num_boost_round": 1000, "early_stopping": True, "early_stopping_rounds": 50,
            "refit": False}
-
-# Below this many training rows one thread is faster: OpenMP synchronisation costs more
-# than it saves (measured: 500 rows x 400 features, 2 threads on a busy 2-core machine
-# took up to 17x longer than 1 thread).
-MIN_ROWS_PER_THREADED_FIT = 10_000
 
 
 def lightgbm_parameter_names() -> dict[str, str] | None:
@@ -98,21 +93,11 @@ def check_parameter_values(overrides: dict) -> None:
 
 
 def lgbm_params(overrides: dict, seed: int, n_rows: int | None = None) -> dict:
-    """DEFAULT_LGBM_PARAMS with ``overrides`` merged in, the seed, and the thread count.
-
-    num_threads (unless overridden) is the ``fit_threads`` count in force
-    (pipeline.learners.base) or else os.cpu_count(), and 1 for fits on fewer than
-    MIN_ROWS_PER_THREADED_FIT rows. Raises ValueError if an override changes the objective
-    or the class count.
-    """
-    for key, value in _FIXED_PARAMS.items():
-        if key in overrides and overrides[key] != value:
-            raise ValueError(f"stack.lgbm_params.{key} must stay {value!r} (3-class softmax)")
-    params = {**DEFAULT_LGBM_PARAMS, **{k: v for k, v in overrides.items() if k not in CONTROL}}
-    small = n_rows is not None and n_rows < MIN_ROWS_PER_THREADED_FIT
-    params.setdefault("num_threads", 1 if small else (fit_thread_budget() or os.cpu_count() or 1))
-    params["seed"] = int(seed)
-    return params
+    """DEFAULT_LGBM_PARAMS with ``overrides`` merged in, the seed, and the thread count
+    (``num_threads`` unless overridden: see pipeline.learners.boosted.merge_params). Raises
+    ValueError if an override changes the objective or the class count."""
+    return merge_params(DEFAULT_LGBM_PARAMS, _FIXED_PARAMS, CONTROL, overrides, seed, n_rows,
+                        "num_threads", "stack.lgbm_params.")
 
 
 def train_booster(params: dict, X, y: np.ndarray, ids: np.ndarray | None, X_valid, y_valid,
@@ -143,43 +128,31 @@ def _concat(a, b):
     return sp.vstack([a, b], format="csr") if sp.issparse(a) else np.concatenate([a, b])
 
 
-class LGBMLearner:
+class LGBMLearner(BoostedLearner):
     """LightGBM multiclass with early stopping on the inner split it is given."""
 
     kind = "lgbm"
     VERSION = 1  # bump when a change of code changes fitted models
     accepts_sparse = True
     suffix = ".txt"
-    importance_label = "total gain (all folds and seeds)"
+    CONTROL = CONTROL
+    THREADS_PARAM = "num_threads"
 
     def __init__(self, params: dict):
-        self.control, self.overrides = split_control(params, CONTROL)
+        super().__init__(params)
         self.num_boost_round = self.control["num_boost_round"]
         self.early_stopping_rounds = self.control["early_stopping_rounds"]
         self.refit = self.control["refit"]
-        check_parameter_names(self.overrides)  # fail now on a misspelt name ...
-        lgbm_params(self.overrides, 0)  # ... or a forbidden override
-        self.booster = None
-        self.inner_score: float | None = None
+        check_parameter_names(self.overrides)  # fail now on a misspelt name
         self.ids = self.ids_valid = None  # row ids of the next fit (for leak tests)
 
-    def config(self) -> dict:
-        """Every param this learner fits with (defaults resolved, threads left out)."""
-        return {**lgbm_params(self.overrides, 0), "num_threads": None, **self.control,
-                "version": self.VERSION}
-
-    @property
-    def uses_inner_split(self) -> bool:
-        return self.control["early_stopping"]
-
-    def threads(self) -> int:
-        """CPUs one fit keeps busy (what an executor asks a machine for)."""
-        return int(self.overrides.get("num_threads") or os.cpu_count() or 1)
+    def params(self, seed: int, n_rows: int | None = None) -> dict:
+        return lgbm_params(self.overrides, seed, n_rows)
 
     def fit(self, X, y, groups, seed, X_valid=None, y_valid=None, feature_names=None):
         """Boost on X; with X_valid, early-stop on it (and with refit, retrain on both)."""
         n_rows = X.shape[0]
-        params = lgbm_params(self.overrides, seed, n_rows=n_rows)
+        params = self.params(seed, n_rows)
         booster = train_booster(params, X, y, self.ids, X_valid, y_valid, self.ids_valid,
                                 self.num_boost_round, self.early_stopping_rounds, feature_names)
         if X_valid is not None and booster.best_score:
@@ -199,6 +172,9 @@ class LGBMLearner:
         b = self.booster
         return int(b.best_iteration if b.best_iteration > 0 else b.current_iteration())
 
+    def rounds_kept(self) -> int:
+        return self.best_iteration
+
     def predict_proba(self, X) -> np.ndarray:
         it = self.booster.best_iteration if self.booster.best_iteration > 0 else None
         return np.asarray(self.booster.predict(X, num_iteration=it), dtype=np.float64)
@@ -217,9 +193,3 @@ class LGBMLearner:
     def importance(self, feature_names: list[str]) -> pd.Series:
         gain = self.booster.feature_importance("gain", iteration=self.best_iteration)
         return pd.Series(gain, index=feature_names, dtype=np.float64)
-
-    def summary(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"best_iteration": self.best_iteration}
-        if self.inner_score is not None:
-            out["inner_score"] = self.inner_score
-        return out

@@ -13,14 +13,14 @@ not as zero, so a sparse matrix is densified first and means what it means dense
 """
 from __future__ import annotations
 
-import os
 import warnings
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from pipeline.learners.base import N_CLASSES, fit_thread_budget, split_control
+from pipeline.learners.base import N_CLASSES
+from pipeline.learners.boosted import BoostedLearner, merge_params
 
 # Chosen to match the lgbm defaults' capacity (15 leaves ~ depth 4; min_data_in_leaf 40 ~
 # a hessian sum of 5 at multiclass p(1 - p)), not tuned on the benchmark files.
@@ -40,10 +40,6 @@ DEFAULT_XGB_PARAMS = {
 }
 _FIXED_PARAMS = {"objective": "multi:softprob", "num_class": N_CLASSES}
 CONTROL = {"num_boost_round": 1000, "early_stopping": True, "early_stopping_rounds": 50}
-# As for LightGBM: below this many rows one thread is faster than several.
-MIN_ROWS_PER_THREADED_FIT = 10_000
-
-
 def _xgb():
     try:
         import xgboost
@@ -54,17 +50,11 @@ def _xgb():
 
 
 def xgb_params(overrides: dict, seed: int, n_rows: int | None = None) -> dict:
-    """DEFAULT_XGB_PARAMS with ``overrides`` merged in, the seed and the thread count (the
-    ``fit_threads`` count in force, else os.cpu_count(); 1 below MIN_ROWS_PER_THREADED_FIT
-    rows). ValueError if an override changes the objective or the class count."""
-    for key, value in _FIXED_PARAMS.items():
-        if key in overrides and overrides[key] != value:
-            raise ValueError(f"xgboost param {key} must stay {value!r} (3-class softmax)")
-    params = {**DEFAULT_XGB_PARAMS, **{k: v for k, v in overrides.items() if k not in CONTROL}}
-    small = n_rows is not None and n_rows < MIN_ROWS_PER_THREADED_FIT
-    params.setdefault("nthread", 1 if small else (fit_thread_budget() or os.cpu_count() or 1))
-    params["seed"] = int(seed)
-    return params
+    """DEFAULT_XGB_PARAMS with ``overrides`` merged in, the seed and the thread count
+    (``nthread``: see pipeline.learners.boosted.merge_params). ValueError if an override
+    changes the objective or the class count."""
+    return merge_params(DEFAULT_XGB_PARAMS, _FIXED_PARAMS, CONTROL, overrides, seed, n_rows,
+                        "nthread", "xgboost param ")
 
 
 def check_params(overrides: dict) -> None:
@@ -99,43 +89,34 @@ def _dense(X) -> np.ndarray:
     return X
 
 
-class XGBLearner:
+class XGBLearner(BoostedLearner):
     """XGBoost multiclass with early stopping on the inner split it is given."""
 
     kind = "xgboost"
     VERSION = 1  # bump when a change of code changes fitted models
     accepts_sparse = False
     suffix = ".ubj"
-    importance_label = "total gain (all folds and seeds)"
+    CONTROL = CONTROL
+    THREADS_PARAM = "nthread"
 
     def __init__(self, params: dict):
-        self.control, self.overrides = split_control(params, CONTROL)
-        xgb_params(self.overrides, 0)  # a forbidden override fails now ...
+        super().__init__(params)  # a forbidden override fails now ...
         _xgb()  # ... and a missing package (the run's checks make every learner first)
         if self.overrides:
             check_params(self.overrides)
-        self.booster = None
         self.best_iteration = 0
-        self.inner_score: float | None = None
 
-    def config(self) -> dict:
-        """Every param this learner fits with (defaults resolved, threads left out)."""
-        return {**xgb_params(self.overrides, 0), "nthread": None, **self.control,
-                "version": self.VERSION}
+    def params(self, seed: int, n_rows: int | None = None) -> dict:
+        return xgb_params(self.overrides, seed, n_rows)
 
-    @property
-    def uses_inner_split(self) -> bool:
-        return self.control["early_stopping"]
-
-    def threads(self) -> int:
-        """CPUs one fit keeps busy (what an executor asks a machine for)."""
-        return int(self.overrides.get("nthread") or os.cpu_count() or 1)
+    def rounds_kept(self) -> int:
+        return self.best_iteration + 1
 
     def fit(self, X, y, groups, seed, X_valid=None, y_valid=None, feature_names=None):
         """Boost on X; with X_valid, stop once it has not improved for early_stopping_rounds
         rounds and keep the best round."""
         xgb = _xgb()
-        params = xgb_params(self.overrides, seed, n_rows=X.shape[0])
+        params = self.params(seed, X.shape[0])
         # Columns stay f0, f1, ... (XGBoost refuses some characters in names); importance()
         # maps them back.
         train = xgb.DMatrix(_dense(X), label=y)
@@ -180,9 +161,3 @@ class XGBLearner:
         for key, value in score.items():
             gain[int(key[1:])] = float(value)
         return pd.Series(gain, index=feature_names, dtype=np.float64)
-
-    def summary(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"best_iteration": self.best_iteration + 1}
-        if self.inner_score is not None:
-            out["inner_score"] = self.inner_score
-        return out

@@ -92,6 +92,30 @@ def test_tree_learners_take_missing_and_infinite_values(kind):
     assert np.isfinite(p).all() and np.allclose(p.sum(axis=1), 1)
 
 
+@pytest.mark.parametrize("kind", ["lgbm", "xgboost"])
+def test_boosted_kinds_share_round_control_threads_config_and_summary(kind):
+    """What pipeline.learners.boosted gives each GBDT: the rounds kept after early stopping
+    on the inner split (at most num_boost_round; the summary says how many), the inner
+    score, the thread count its params ask for, a config with threads left out (cache keys
+    do not change with the machine), and the class-count guard."""
+    from pipeline.learners.boosted import BoostedLearner
+
+    X, y, g = data()
+    learner = fitted(kind, X, y, g)
+    assert isinstance(learner, BoostedLearner) and learner.uses_inner_split
+    summary = learner.summary()
+    assert 1 <= summary["best_iteration"] <= PARAMS[kind]["num_boost_round"]
+    assert summary["best_iteration"] == learner.rounds_kept()
+    assert np.isfinite(summary["inner_score"])
+    assert learner.threads() == 1
+    cfg = learner.config()
+    assert cfg[learner.THREADS_PARAM] is None and cfg["num_boost_round"] == 20
+    assert make_learner(kind, {**PARAMS[kind], learner.THREADS_PARAM: 3}).config() == cfg
+    assert make_learner(kind, {"early_stopping": False}).uses_inner_split is False
+    with pytest.raises(ValueError, match="num_class must stay 3"):
+        make_learner(kind, {"num_class": 2})
+
+
 def test_unknown_kind_and_params_are_errors():
     with pytest.raises(ValueError, match="unknown learner kind 'xgb'"):
         make_learner("xgb")
