@@ -77,7 +77,8 @@ def table(rows: dict, shares: dict, seeds: list[int], modes: list[str], load: st
              "OOF log loss of the default stack (nested level-2 blend) with each "
              "`embed.long_text`, and its margin to issue #10's bar of that draw (negative = "
              "met); `linear_emb` is the member that reads the whole vectors. Over budget: the "
-             "share of distinct responses longer than the model's 254-token budget.", "",
+             "share of distinct responses longer than the model's token budget (its max_seq_length "
+             "less the special tokens: 254 for MiniLM).", "",
              "| file | over budget | mode | " + " | ".join(f"draw {s}" for s in seeds)
              + " | mean stack | mean linear_emb |",
              "|---|---|---|" + "---|" * len(seeds) + "---|---|"]

@@ -40,6 +40,8 @@ DEFAULT_XGB_PARAMS = {
 }
 _FIXED_PARAMS = {"objective": "multi:softprob", "num_class": N_CLASSES}
 CONTROL = {"num_boost_round": 1000, "early_stopping": True, "early_stopping_rounds": 50}
+
+
 def _xgb():
     try:
         import xgboost
