@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
@@ -29,14 +30,33 @@ class Unit:
     gpus: float = 0.0       # GPUs it holds (a fine-tune fold: 1)
 
 
+@contextmanager
 def unit_threads(cpus: float):
-    """BLAS limited to the unit's ``cpus`` threads, wherever the unit runs: a float sum
-    split over another thread count differs in its last bits (which a C search or a
-    blend weight can turn into a visible difference), and a unit using more threads than
-    it was given would crowd the node's other units."""
+    """BLAS and torch limited to the unit's ``cpus`` threads, wherever the unit runs: a
+    float sum split over another thread count differs in its last bits (which a C search
+    or a blend weight can turn into a visible difference), and a unit using more threads
+    than it was given would crowd the node's other units.
+
+    torch's own pool is set only when torch is already imported: a fresh Ray worker's
+    torch starts from the OMP_NUM_THREADS Ray sets for the task, but a reused worker's
+    keeps the count of the task that first imported it (one thread after a 1-CPU unit,
+    so a 2-CPU fine-tune fold ran on one thread and its logits differed in the last bit
+    from the in-process run's). The previous count is restored afterwards."""
+    import sys
+
     from threadpoolctl import threadpool_limits
 
-    return threadpool_limits(limits=max(1, int(cpus)), user_api="blas")
+    n = max(1, int(cpus))
+    torch = sys.modules.get("torch")
+    before = torch.get_num_threads() if torch is not None else None
+    if torch is not None and before != n:
+        torch.set_num_threads(n)
+    try:
+        with threadpool_limits(limits=n, user_api="blas"):
+            yield
+    finally:
+        if torch is not None and torch.get_num_threads() != before:
+            torch.set_num_threads(before)
 
 
 class UnitFailed(RuntimeError):

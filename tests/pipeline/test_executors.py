@@ -132,6 +132,25 @@ def test_a_unit_computes_with_the_blas_threads_it_asked_for(executor):
     assert list(executor.map(_blas_threads, units)) == [1, 2]
 
 
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def test_a_unit_computes_with_the_torch_threads_it_asked_for(executor):
+    """torch's pool too, in any order: a reused Ray worker's torch keeps the thread count of
+    the task that first imported it unless the unit sets it (a 2-CPU fine-tune fold after a
+    1-CPU unit ran on one thread, and its logits then differed from the in-process run's in
+    the last bit). In this process the count is put back after each unit."""
+    import torch
+
+    before = torch.get_num_threads()
+    units = [Unit(f"u{i}", (), cpus=c) for i, c in enumerate([1, 2, 1, 2, 2, 1])]
+    assert list(executor.map(_torch_threads, units)) == [1, 2, 1, 2, 2, 1]
+    assert torch.get_num_threads() == before
+
+
 _GPU_SCRIPT = """
 import os, time
 import ray
