@@ -48,7 +48,7 @@ def verdicts(rows: list[dict]) -> list[dict]:
     out = []
     for r in rows:
         best, avg = r["peers"][r["best_peer"]][0], r["peers"]["peer_average"][0]
-        bar = min(best, avg) - quality.MARGIN
+        bar = quality.row_bar(r)
         out.append({"file": r["file"], "stack": r["stack"][0], "best_peer": r["best_peer"],
                     "best": best, "avg": avg, "bar": bar, "margin": r["stack"][0] - bar})
     return out

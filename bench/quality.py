@@ -158,6 +158,11 @@ def bar_of(peer_p: dict, y: np.ndarray) -> float:
     return min(min(scores[n] for n in PEERS), scores["peer_average"]) - MARGIN
 
 
+def row_bar(r: dict) -> float:
+    """``bar_of`` from a result row of ``run_file`` (its peers' OOF log losses)."""
+    return min(r["peers"][r["best_peer"]][0], r["peers"]["peer_average"][0]) - MARGIN
+
+
 def fit_and_read(ctx, stages=("embed", "features", "stack")) -> tuple[dict, pd.DataFrame, np.ndarray, np.ndarray]:
     """Run ``stages`` on ``ctx`` (each cached by content) and read the run's outputs back.
     Returns: (metrics.json, oof.parquet, labels int64 [n], folds int64 [n])."""
@@ -262,14 +267,15 @@ def table(rows: list[dict], limit: int | None, load: str) -> str:
     for r in rows:
         best = r["peers"][r["best_peer"]][0]
         avg = r["peers"]["peer_average"][0]
-        met = r["stack"][0] <= min(best, avg) - MARGIN
+        bar = row_bar(r)
+        met = r["stack"][0] <= bar
         cells = [f"{r['prior']:.4f}"] + [_cell(r["peers"][n]) for n in (*PEERS, "peer_average")]
         cells += [_cell(r["members"][n]) for n in CANDIDATES]
         cells += [f"**{_cell(r['stack'])}**",
                   f"{r['stack'][0] - best:+.4f} ({r['ci_best'][0]:+.4f}, {r['ci_best'][1]:+.4f})",
                   f"{r['stack'][0] - avg:+.4f} ({r['ci_avg'][0]:+.4f}, {r['ci_avg'][1]:+.4f})",
                   f"{_cell(r['held'])} ({r['held_rows']} rows)",
-                  ("yes" if met else "**no**") + f" (<= {min(best, avg) - MARGIN:.4f})"]
+                  ("yes" if met else "**no**") + f" (<= {bar:.4f})"]
         lines.append(f"| {r['file']} | {r['rows']} | " + " | ".join(cells) + " |")
     lines += ["", "Soft-voting weights of the default members (on all OOF rows; reported for reference when "
               "the default combines them with the level-2 learner): "]
@@ -307,7 +313,7 @@ def quality_plot(rows: list[dict], path: Path) -> Path:
     ypos = np.arange(len(labels))[::-1]
     for ax, r in zip(axes[0], rows):
         best = r["peers"][r["best_peer"]][0]
-        bar = min(best, r["peers"]["peer_average"][0]) - MARGIN
+        bar = row_bar(r)
         vals = ([r["prior"]] + [r["peers"][n][0] for n in (*PEERS, "peer_average")]
                 + [v[0] for v in r["members"].values()] + [r["stack"][0]])
         met = r["stack"][0] <= bar
@@ -348,11 +354,11 @@ def subsets_table(rows: list[dict]) -> str:
     """Markdown: nested-blend OOF log loss of every subset of the candidates, per file."""
     names = list(rows[0]["subsets"])
     files = [r["file"] for r in rows]
-    margin = {r["file"]: min(r["peers"][r["best_peer"]][0], r["peers"]["peer_average"][0]) for r in rows}
+    bars = {r["file"]: row_bar(r) for r in rows}
     scored = []
     for n in names:
         vals = [r["subsets"][n] for r in rows]
-        wins = sum(v <= margin[f] - MARGIN for v, f in zip(vals, files))
+        wins = sum(v <= bars[f] for v, f in zip(vals, files))
         scored.append((float(np.mean(vals)), n, vals, wins))
     scored.sort()
     lines = ["# Every subset of the candidate members, both ways of combining them", "",
@@ -365,7 +371,7 @@ def subsets_table(rows: list[dict]) -> str:
     for mean, n, vals, wins in scored:
         lines.append(f"| {n} | " + " | ".join(f"{v:.4f}" for v in vals) + f" | {mean:.4f} | {wins} |")
     lines += ["", "Bar per file (min of best peer and peer average, minus the margin): "
-              + ", ".join(f"{f} {margin[f] - MARGIN:.4f}" for f in files)]
+              + ", ".join(f"{f} {bars[f]:.4f}" for f in files)]
     return "\n".join(lines) + "\n"
 
 
